@@ -169,6 +169,12 @@ def _decode_audio(path: str, container, stream, max_seconds: float | None):
     if not chunks:
         raise ZeroDurationError(path, "the audio stream has no decodable samples")
     samples = np.concatenate(chunks, axis=0)
+    # Codecs such as AAC decode whole frames (1024 samples), so the last frame carries padding past
+    # the end of the sound; the stream's own duration says where the real audio stops.
+    if stream.duration and stream.time_base:
+        n_true = int(round(float(stream.duration * stream.time_base) * rate))
+        if 0 < n_true < len(samples):
+            samples = samples[:n_true]
     if max_seconds is not None:
         samples = samples[: int(max_seconds * rate)]
     return _to_mono(samples), int(rate), int(channels or samples.shape[1])

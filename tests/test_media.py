@@ -213,3 +213,13 @@ def test_odd_sizes_are_padded_for_yuv420(tmp_path):
     frames = np.full((5, 33, 47, 3), 200, np.uint8)
     clip = read_av(write_mp4(tmp_path / "odd.mp4", frames), need_audio=False)
     assert clip.frames.shape == (5, 34, 48, 3)
+
+
+def test_aac_frame_padding_is_trimmed_to_the_stream_duration(tmp_path):
+    """AAC decodes in 1024-sample frames; a 5 s clip must read back as 5 s of audio, not 5.06 s."""
+    n_frames = 125
+    audio = (np.random.RandomState(0).randn(n_frames * 640) * 0.1).astype(np.float32)
+    path = write_mp4(tmp_path / "padded.mp4", np.zeros((n_frames, 64, 64, 3), np.uint8), 25, audio, 16000)
+    clip = read_av(path)
+    assert len(clip.audio) == n_frames * 640
+    assert np.corrcoef(clip.audio[1000:-1000], audio[1000:-1000])[0, 1] > 0.9
