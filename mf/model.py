@@ -1,0 +1,713 @@
+"""The Mutual Forcing network: a dual-tower, block-causal audio-video flow transformer with a KV cache.
+
+Owns ``MFTransformer`` (diffusers ``ModelMixin`` + ``ConfigMixin``) and ``KVCache``.
+
+Structure
+- Two towers. The video tower owns the patch embedding (2x2 patches of the [C, 8, 8] latent -> 16
+  tokens per frame), its qkv/out projections, norms, MLP and output head; the audio tower owns the
+  same for audio tokens (``mels_per_audio_token`` mel frames grouped into one token). Per-tower qkv
+  and out projections, but ONE joint softmax attention over [video tokens; audio tokens] in every
+  block (MM-DiT style), so every token can read the other modality.
+- Positions: rotary embeddings. Half of each head's pairs rotate with time on one shared axis
+  (unit = one video frame; video frame i at i, mel frame j at j / 4), a quarter with the patch row,
+  a quarter with the patch column. Audio tokens sit at the centre of the patch grid.
+- Conditioning: adaLN-single. Embeddings of flow time t, step size d and the character attributes
+  are summed per chunk and projected once per tower to 6 modulations (shift/scale/gate x attn/mlp);
+  each block adds its own learned table (zero-init: every block starts as identity). Phoneme ids are
+  embedded at the mel rate and added to the audio tokens of the same mels and to the video tokens of
+  the same frame; a learned "no script" embedding replaces them where ``text_dropped``.
+- Reference frame: patch-embedded by the video tower (+ a learned prefix embedding), run once
+  through the blocks at t = d = 0; its keys/values form the global prefix every chunk attends to.
+  The prefix has no time: its keys carry only the spatial rotation, and queries meet them with their
+  spatial rotation only (``_attend``). So the sink is equally visible after 1 s and after 100 s, and
+  with the rolling window no relative time in attention ever exceeds the window: long generation
+  never leaves the range seen in training.
+
+Attention rule (one function, ``_visibility``, used by every path): a key is visible to a query if
+it is a prefix key, or in the query's own segment (a chunk is bidirectional inside), or it carries
+history (clean/cached tokens) from one of the ``window_chunks`` chunks before the query's chunk.
+(Older chunks still reach a chunk indirectly, through the keys of window chunks that saw them, exactly
+as in the streaming cache; teacher forcing reproduces that.)
+
+Paths
+- ``forward(video, audio, t, d, cond, kv_cache=None)``: K chunks that continue ``kv_cache`` (or start
+  at chunk 0). Each chunk sees the prefix, the cache and the earlier given chunks (block-causal).
+- ``write_cache(video, audio, cond, cache)``: the t = 0 pass over one finished chunk; stores its keys/
+  values (rolling window of ``window_chunks`` chunks, prefix never evicted).
+- ``forward_teacher_forcing(noisy, clean, t, d, cond)``: one pass over [prefix; clean chunks; noisy
+  chunks]; noisy chunk k sees clean chunks k-W..k-1 and itself. Equals the cache path (tested).
+- ``step_and_write(...)``: the cache write of a finished chunk fused into the next chunk's first
+  denoising pass (same keys, same mask; the pipeline's default).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from mf.conditions import Conditions
+from mf.configs import ModelConfig, get_preset
+from mf.constants import MELS_PER_FRAME
+from mf.data.characters import CHARACTER_ATTR_DIM
+from mf.data.phonemes import N_PHONEMES
+
+# Token groups for the attention rule.
+GROUP_HISTORY = 1   # clean chunks (cache or teacher forcing) and causal inputs: visible to later chunks
+GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their own chunk
+PREFIX_CHUNK = -(10**9)  # chunk id of prefix keys (always visible)
+# On CPU, up to this many query tokens attention runs as explicit matmuls (faster than SDPA for a chunk
+# or two); longer passes (teacher forcing in training) and all GPU passes use the fused SDPA kernel.
+MANUAL_ATTENTION_MAX_QUERIES = 256
+_MEMO_LOCK = threading.Lock()
+
+
+def _sinusoid_freqs(dim: int) -> torch.Tensor:
+    half = dim // 2
+    return torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+
+
+class _ScalarEmbed(nn.Module):
+    """Sinusoidal features of a scalar in [0, 1] (flow time or step size, x1000) -> MLP -> [..., dim]."""
+
+    def __init__(self, dim: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.register_buffer("freqs", _sinusoid_freqs(freq_dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ang = (x.float() * 1000.0)[..., None] * self.freqs
+        feats = torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): multiplication by i on interleaved pairs."""
+    x = x.unflatten(-1, (-1, 2))
+    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_pairs(x) * sin
+
+
+@dataclass
+class _Layout:
+    """Per-token bookkeeping of one pass: segments (chunks) in order, video tokens first then audio."""
+
+    chunks: list[int]           # absolute chunk index of each segment
+    groups: list[int]           # GROUP_* of each segment
+    cos: torch.Tensor           # [N, hd] rotary cos (time + space)
+    sin: torch.Tensor
+    cos_sp: torch.Tensor        # [N, hd] rotary cos (space only; time rotation zero)
+    sin_sp: torch.Tensor
+    token_chunk: torch.Tensor   # [N] chunk id per token
+    token_group: torch.Tensor   # [N] group per token
+    token_seg: torch.Tensor     # [N] segment index per token
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the prefix (never evicted) and of the last ``window`` finished chunks, per layer.
+
+    Memory is constant once ``window`` chunks were written: the oldest chunk is dropped on write.
+    ``context(layer)`` returns (prefix_k, prefix_v, history_k, history_v) for the next chunk: prefix keys
+    carry only the spatial rotation, history keys the full one (history None before the first write).
+    Tensors are never modified in place, so ``clone()`` is cheap and safe.
+    """
+
+    window: int
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    chunks: deque = field(default_factory=deque)   # (chunk_index, [(k, v) per layer])
+    next_chunk: int = 0
+    _ctx: list[tuple] = field(default_factory=list)
+    _ctx_chunk: torch.Tensor | None = None
+
+    def _rebuild(self) -> None:
+        self._ctx = []
+        for layer, (pk, pv) in enumerate(self.prefix):
+            if self.chunks:
+                hk = torch.cat([entry[1][layer][0] for entry in self.chunks], dim=2)
+                hv = torch.cat([entry[1][layer][1] for entry in self.chunks], dim=2)
+            else:
+                hk = hv = None
+            self._ctx.append((pk, pv, hk, hv))
+        device = self.prefix[0][0].device
+        ids = [torch.full((self.prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=device)]
+        for index, kv in self.chunks:
+            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
+        self._ctx_chunk = torch.cat(ids)
+
+    def set_prefix(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.prefix = kvs
+        self._rebuild()
+
+    def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if chunk_index != self.next_chunk:
+            raise ValueError(f"cache expects chunk {self.next_chunk}, got {chunk_index}")
+        self.chunks.append((chunk_index, kvs))
+        while len(self.chunks) > self.window:
+            self.chunks.popleft()
+        self.next_chunk = chunk_index + 1
+        self._rebuild()
+
+    def clone(self) -> "KVCache":
+        """A copy that can be written to without touching this cache (tensors are shared, never mutated)."""
+        return KVCache(self.window, list(self.prefix), deque(self.chunks), self.next_chunk, list(self._ctx),
+                       self._ctx_chunk)
+
+    def context(self, layer: int) -> tuple:
+        return self._ctx[layer]
+
+    @property
+    def context_key(self) -> tuple:
+        """Hashable description of what the cache holds (for memoised attention masks)."""
+        return (int(self.prefix[0][0].shape[2]),) + tuple(index for index, _ in self.chunks)
+
+    @property
+    def context_chunk_ids(self) -> torch.Tensor:
+        return self._ctx_chunk
+
+    @property
+    def n_cached_chunks(self) -> int:
+        return len(self.chunks)
+
+    def num_bytes(self) -> int:
+        total = 0
+        for k, v in self.prefix:
+            total += k.numel() * k.element_size() + v.numel() * v.element_size()
+        for _, kvs in self.chunks:
+            for k, v in kvs:
+                total += k.numel() * k.element_size() + v.numel() * v.element_size()
+        return total
+
+
+class _Tower(nn.Module):
+    """One modality's half of a block: norms, qkv/out projections, qk-norm and MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        # Per-block offset added to the shared adaLN modulation (zero: the block starts as identity).
+        self.mod_table = nn.Parameter(torch.zeros(6, dim))
+
+    def qkv_heads(self, x: torch.Tensor, mod: torch.Tensor):
+        """x [B, S, T, D], mod [B, S, 6, D] -> q, k, v each [B, S*T, H, hd]."""
+        shift, scale = mod[:, :, 0:1], mod[:, :, 1:2]
+        h = self.norm1(x) * (1 + scale) + shift
+        b, s, t, d = h.shape
+        q, k, v = self.qkv(h).view(b, s * t, 3, self.heads, d // self.heads).unbind(2)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """Residual attention output and MLP. x [B, S, T, D], attn [B, S*T, D]."""
+        gate1, shift2, scale2, gate2 = mod[:, :, 2:3], mod[:, :, 3:4], mod[:, :, 4:5], mod[:, :, 5:6]
+        x = x + gate1 * self.out(attn).view_as(x)
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.video = _Tower(dim, heads, mlp_ratio)
+        self.audio = _Tower(dim, heads, mlp_ratio)
+        self.heads = heads
+
+
+class MFTransformer(ModelMixin, ConfigMixin):
+    """Dual-tower block-causal flow transformer predicting the average velocity u(x_t, t, d)."""
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(self, video_channels: int = 8, latent_size: int = 8, patch_size: int = 2, n_mels: int = 80,
+                 mels_per_audio_token: int = 2, n_phonemes: int = N_PHONEMES, attr_dim: int = CHARACTER_ATTR_DIM,
+                 dim: int = 192, depth: int = 4, heads: int = 4, mlp_ratio: float = 3.0, frames_per_chunk: int = 4,
+                 window_chunks: int = 8, rope_theta: float = 10_000.0):
+        # Defaults = the tiny preset; prefer MFTransformer.from_preset(name) (mf.configs.PRESETS).
+        super().__init__()
+        cfg = ModelConfig(video_channels=video_channels, latent_size=latent_size, patch_size=patch_size,
+                          n_mels=n_mels, mels_per_audio_token=mels_per_audio_token, n_phonemes=n_phonemes,
+                          attr_dim=attr_dim, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+                          frames_per_chunk=frames_per_chunk, window_chunks=window_chunks, rope_theta=rope_theta)
+        self.cfg = cfg
+        p = patch_size
+        self.head_dim = dim // heads
+        # --- inputs ---
+        self.video_in = nn.Linear(video_channels * p * p, dim)
+        self.audio_in = nn.Linear(mels_per_audio_token * n_mels, dim)
+        self.prefix_embed = nn.Parameter(torch.zeros(dim))
+        self.video_phone = nn.Embedding(n_phonemes, dim)
+        self.audio_phone = nn.Embedding(n_phonemes, dim)
+        self.video_no_script = nn.Parameter(torch.zeros(dim))
+        self.audio_no_script = nn.Parameter(torch.zeros(dim))
+        # --- conditioning (adaLN-single) ---
+        self.t_embed = _ScalarEmbed(dim)
+        self.d_embed = _ScalarEmbed(dim)
+        self.attr_embed = nn.Linear(attr_dim, dim)
+        self.video_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.audio_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.video_final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.audio_final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        # --- blocks and outputs ---
+        self.blocks = nn.ModuleList([_Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.video_norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.audio_norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.video_out = nn.Linear(dim, video_channels * p * p)
+        self.audio_out = nn.Linear(dim, mels_per_audio_token * n_mels)
+        self._init_weights()
+        self._rope_freqs()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "MFTransformer":
+        return cls(**get_preset(name, **overrides).to_dict())
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for emb in (self.video_phone, self.audio_phone):
+            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.prefix_embed, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.d_embed.mlp[0].weight, std=0.02)
+        # adaLN-Zero: modulations start at zero (blocks = identity), outputs start at zero velocity.
+        for seq in (self.video_mod, self.audio_mod, self.video_final_mod, self.audio_final_mod):
+            nn.init.zeros_(seq[1].weight)
+            nn.init.zeros_(seq[1].bias)
+        for lin in (self.video_out, self.audio_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _rope_freqs(self) -> None:
+        pairs = self.head_dim // 2
+        n_time, n_space = pairs // 2, pairs // 4
+        time_freqs = self.cfg.rope_theta ** (-torch.arange(n_time, dtype=torch.float32) / n_time)
+        space_freqs = 100.0 ** (-torch.arange(n_space, dtype=torch.float32) / n_space)
+        self.register_buffer("time_freqs", time_freqs, persistent=False)
+        self.register_buffer("space_freqs", space_freqs, persistent=False)
+
+    # ------------------------------------------------------------------ token layout
+    def _rope_tables(self, time_pos: torch.Tensor, yx: torch.Tensor):
+        """Angles -> interleaved cos/sin [N, hd] with and without the time rotation."""
+        ang_t = time_pos[:, None] * self.time_freqs
+        ang_y = yx[:, 0:1] * self.space_freqs
+        ang_x = yx[:, 1:2] * self.space_freqs
+        full = torch.cat([ang_t, ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
+        space = torch.cat([torch.zeros_like(ang_t), ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
+        return full.cos(), full.sin(), space.cos(), space.sin()
+
+    def _layout(self, chunks: list[int], groups: list[int], device, with_video: bool = True,
+                with_audio: bool = True) -> _Layout:
+        """Token positions for segments = chunks (video tokens of all segments first, then audio).
+
+        Memoised (a few entries): the 4..50 steps of one chunk share one layout.
+        """
+        key = (tuple(chunks), tuple(groups), with_video, with_audio, str(device))
+        return self._memo("_layout_memo", key, lambda: self._make_layout(chunks, groups, device, with_video,
+                                                                         with_audio))
+
+    def _memo(self, name: str, key, make):
+        """A small per-model memo (8 entries, oldest evicted); safe when several threads share the model."""
+        memo = self.__dict__.setdefault(name, {})
+        value = memo.get(key)
+        if value is None and key not in memo:
+            value = make()
+            with _MEMO_LOCK:
+                while len(memo) >= 8:
+                    memo.pop(next(iter(memo)))
+                memo[key] = value
+        return value
+
+    def _make_layout(self, chunks, groups, device, with_video, with_audio) -> _Layout:
+        cfg = self.cfg
+        grid = cfg.latent_size // cfg.patch_size
+        fc = cfg.frames_per_chunk if with_video else 0
+        tpf = cfg.tokens_per_frame
+        at = cfg.audio_tokens_per_chunk if with_audio else 0
+        chunk_t = torch.tensor(chunks, dtype=torch.float32, device=device)
+        # video: frame index (in frames) and patch row/col
+        frame = (chunk_t[:, None] * fc + torch.arange(fc, device=device)).repeat_interleave(tpf, dim=1)
+        rows = torch.arange(grid, device=device).repeat_interleave(grid).float()
+        cols = torch.arange(grid, device=device).repeat(grid).float()
+        v_yx = torch.stack([rows, cols], dim=-1).repeat(fc * len(chunks), 1)
+        # audio: first mel of the token's group, in frames (4 mels per frame)
+        mel = chunk_t[:, None] * cfg.mels_per_chunk + torch.arange(at, device=device) * cfg.mels_per_audio_token
+        a_time = mel / MELS_PER_FRAME
+        a_yx = torch.full((a_time.numel(), 2), (grid - 1) / 2.0, device=device)
+        time_pos = torch.cat([frame.reshape(-1), a_time.reshape(-1)])
+        yx = torch.cat([v_yx, a_yx])
+        cos, sin, cos_sp, sin_sp = self._rope_tables(time_pos, yx)
+        seg = torch.arange(len(chunks), device=device)
+        token_seg = torch.cat([seg.repeat_interleave(fc * tpf), seg.repeat_interleave(at)])
+        ch = torch.tensor(chunks, dtype=torch.long, device=device)
+        gr = torch.tensor(groups, dtype=torch.long, device=device)
+        return _Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
+
+    def _visibility(self, layout: _Layout, ctx_chunk: torch.Tensor, ctx_key: tuple) -> torch.Tensor | None:
+        """Boolean [Nq, Nctx + Nq] attention mask (None when every key is visible). Memoised."""
+        key = (tuple(layout.chunks), tuple(layout.groups), int(layout.token_seg.numel()), ctx_key,
+               str(ctx_chunk.device))
+        return self._memo("_mask_memo", key, lambda: self._make_visibility(layout, ctx_chunk))
+
+    def _make_visibility(self, layout: _Layout, ctx_chunk: torch.Tensor) -> torch.Tensor | None:
+        w = self.cfg.window_chunks
+        q_chunk = layout.token_chunk[:, None]
+        n_ctx = ctx_chunk.numel()
+        # context keys: prefix, or cached history inside the query's window
+        ctx = ctx_chunk[None, :]
+        ctx_vis = (ctx == PREFIX_CHUNK) | ((ctx < q_chunk) & (ctx >= q_chunk - w))
+        # keys of this pass: own segment, or history-carrying segments inside the window
+        k_chunk = layout.token_chunk[None, :]
+        k_hist = (layout.token_group == GROUP_HISTORY)[None, :]
+        own = layout.token_seg[:, None] == layout.token_seg[None, :]
+        self_vis = own | (k_hist & (k_chunk < q_chunk) & (k_chunk >= q_chunk - w))
+        mask = torch.cat([ctx_vis, self_vis], dim=1) if n_ctx else self_vis
+        return None if bool(mask.all()) else mask
+
+    # ------------------------------------------------------------------ embeddings
+    def _cond_embed(self, t: torch.Tensor, d: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        """t, d [B, S] -> [B, S, D]."""
+        return self.t_embed(t) + self.d_embed(d) + self.attr_embed(attributes)[:, None, :]
+
+    def _phone_features(self, cond: Conditions, n_seg: int):
+        """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
+        cfg = self.cfg
+        b = cond.batch_size
+        ids = cond.phone_ids
+        if ids.shape[1] != n_seg * cfg.mels_per_chunk:
+            raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, the chunks need {n_seg * cfg.mels_per_chunk}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.n_phonemes):
+            raise ValueError(f"phone_ids must lie in [0, {cfg.n_phonemes}), got [{int(ids.min())}, {int(ids.max())}]")
+        dropped = cond.text_dropped.view(b, 1, 1, 1)
+        v = self.video_phone(ids).view(b, n_seg, cfg.frames_per_chunk, MELS_PER_FRAME, -1).mean(3)
+        a = self.audio_phone(ids).view(b, n_seg, cfg.audio_tokens_per_chunk, cfg.mels_per_audio_token, -1).mean(3)
+        v = torch.where(dropped, self.video_no_script.to(v.dtype), v)
+        a = torch.where(dropped, self.audio_no_script.to(a.dtype), a)
+        return v, a
+
+    def _embed_chunks(self, video: torch.Tensor | None, audio: torch.Tensor | None, cond: Conditions):
+        """video [B, S*Fc, C, h, w], audio [B, S*Fc*4, M] -> tokens [B, S, Vt, D], [B, S, At, D].
+
+        Either modality may be None (uni-modal pretraining): its tower then has no tokens (0 per chunk).
+        """
+        cfg = self.cfg
+        fc, p, g = cfg.frames_per_chunk, cfg.patch_size, cfg.mels_per_audio_token
+        if video is None and audio is None:
+            raise ValueError("at least one of video and audio latents is required")
+        if video is None:
+            b, n_mels = audio.shape[:2]
+            if n_mels % cfg.mels_per_chunk:
+                raise ValueError(f"audio has {n_mels} mel frames, not a multiple of {cfg.mels_per_chunk} per chunk")
+            s = n_mels // cfg.mels_per_chunk
+        else:
+            b, n_frames = video.shape[:2]
+            if n_frames % fc:
+                raise ValueError(f"video has {n_frames} frames, not a multiple of frames_per_chunk={fc}")
+            s = n_frames // fc
+        pv, pa = self._phone_features(cond, s)
+        d = cfg.dim
+        if audio is None:
+            xa = pa.new_zeros(b, s, 0, d)
+        else:
+            if audio.shape[:2] != (b, s * cfg.mels_per_chunk) or audio.shape[2] != cfg.n_mels:
+                raise ValueError(f"audio must be [B={b}, {s * cfg.mels_per_chunk}, {cfg.n_mels}] for {s} chunks, "
+                                 f"got {tuple(audio.shape)}")
+            xa = self.audio_in(audio.reshape(b, s, cfg.audio_tokens_per_chunk, g * cfg.n_mels)) + pa
+        if video is None:
+            return pv.new_zeros(b, s, 0, d), xa
+        if video.shape[2:] != (cfg.video_channels, cfg.latent_size, cfg.latent_size):
+            raise ValueError(f"video latents must be [B, F, {cfg.video_channels}, {cfg.latent_size}, "
+                             f"{cfg.latent_size}], got {tuple(video.shape)}")
+        grid = cfg.latent_size // p
+        patches = (video.reshape(b, s, fc, cfg.video_channels, grid, p, grid, p)
+                   .permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, s, fc * grid * grid, cfg.video_channels * p * p))
+        xv = self.video_in(patches)
+        xv = (xv.view(b, s, fc, grid * grid, -1) + pv[:, :, :, None, :]).view(b, s, fc * grid * grid, -1)
+        return xv, xa
+
+    def _unpatchify(self, yv: torch.Tensor | None, ya: torch.Tensor | None):
+        cfg = self.cfg
+        fc, p, grid, c = cfg.frames_per_chunk, cfg.patch_size, cfg.latent_size // cfg.patch_size, cfg.video_channels
+        video = audio = None
+        if yv is not None:
+            b, s = yv.shape[:2]
+            video = (yv.reshape(b, s, fc, grid, grid, c, p, p).permute(0, 1, 2, 5, 3, 6, 4, 7)
+                     .reshape(b, s * fc, c, cfg.latent_size, cfg.latent_size))
+        if ya is not None:
+            b, s = ya.shape[:2]
+            audio = ya.reshape(b, s * cfg.mels_per_chunk, cfg.n_mels)
+        return video, audio
+
+    # ------------------------------------------------------------------ core pass
+    def _run_blocks(self, xv, xa, emb, layout: _Layout, ctx: list | None, ctx_chunk: torch.Tensor,
+                    ctx_key: tuple = (), prefix_pass: bool = False, kv_only: bool = False, outputs_from: int = 0):
+        """Run all blocks over segment tokens xv [B,S,Vt,D], xa [B,S,At,D] (either may have 0 tokens).
+
+        ctx: per layer (prefix_k, prefix_v, history_k | None, history_v | None), or None (the prefix
+        pass itself). Returns (xv, xa, kvs), kvs[layer] = rotated (k, v) of this pass's tokens.
+        With ``kv_only`` the last block stops after its keys/values (nothing downstream needs more);
+        with ``outputs_from = j`` only segments j.. need outputs (the others are clean chunks whose keys
+        are all that matters), so the last block answers only their queries and returns only them.
+        """
+        b, s, vt, d = xv.shape
+        at = xa.shape[2]
+        mod_v_base = self.video_mod(emb).view(b, s, 6, d) if vt else None
+        mod_a_base = self.audio_mod(emb).view(b, s, 6, d) if at else None
+        mask = None if ctx is None else self._visibility(layout, ctx_chunk, ctx_key)
+        cos, sin = layout.cos.to(xv.dtype), layout.sin.to(xv.dtype)
+        cos_sp, sin_sp = layout.cos_sp.to(xv.dtype), layout.sin_sp.to(xv.dtype)
+        kvs = []
+        n_layers = len(self.blocks)
+        for li, block in enumerate(self.blocks):
+            parts = []
+            if vt:
+                mod_v = mod_v_base + block.video.mod_table
+                parts.append(block.video.qkv_heads(xv, mod_v))
+            if at:
+                mod_a = mod_a_base + block.audio.mod_table
+                parts.append(block.audio.qkv_heads(xa, mod_a))
+            if len(parts) == 2:
+                q, k, v = (torch.cat([pv_, pa_], 1) for pv_, pa_ in zip(*parts))
+            else:
+                q, k, v = parts[0]
+            # [B, N, H, hd] -> [B, H, N, hd]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if prefix_pass:  # the prefix has no time: spatial rotation only, attends to itself
+                k = _apply_rope(k, cos_sp, sin_sp)
+                kvs.append((k, v))
+                if kv_only and li == n_layers - 1:
+                    break
+                out = F.scaled_dot_product_attention(_apply_rope(q, cos_sp, sin_sp), k, v)
+            else:
+                k = _apply_rope(k, cos, sin)
+                kvs.append((k, v))
+                if kv_only and li == n_layers - 1:
+                    break
+                q_full, q_sp, rows = _apply_rope(q, cos, sin), _apply_rope(q, cos_sp, sin_sp), mask
+                if outputs_from and li == n_layers - 1:
+                    keep = (layout.token_seg >= outputs_from).nonzero().squeeze(1)
+                    q_full, q_sp = q_full.index_select(2, keep), q_sp.index_select(2, keep)
+                    rows = None if mask is None else mask.index_select(0, keep)
+                    xv, xa = xv[:, outputs_from:], xa[:, outputs_from:]
+                    mod_v = mod_v[:, outputs_from:] if vt else None
+                    mod_a = mod_a[:, outputs_from:] if at else None
+                    s = s - outputs_from
+                out = self._attend(q_full, q_sp, k, v, ctx[li], rows)
+            out = out.transpose(1, 2).reshape(b, -1, d)
+            if vt:
+                xv = block.video.finish(xv, out[:, : s * vt], mod_v)
+            if at:
+                xa = block.audio.finish(xa, out[:, s * vt:], mod_a)
+        return xv, xa, kvs
+
+    def _attend(self, q, q_sp, k, v, ctx: tuple, mask: torch.Tensor | None) -> torch.Tensor:
+        """Softmax attention of queries over [prefix keys; history keys; this pass's keys].
+
+        Prefix keys are scored against the queries' spatial-only rotation ``q_sp``, all other keys
+        against the full rotation ``q``. Streaming-sized passes (a chunk or two of queries) compute the
+        score blocks separately (cheapest at this size); long training passes run one fused SDPA kernel
+        on zero-padded products [q, q_sp] . [k, 0] and [q, q_sp] . [0, k_prefix], which are the same sums.
+        """
+        pk, pv, hk, hv = ctx
+        pk, pv = pk.to(q.dtype), pv.to(q.dtype)
+        scale = self.head_dim ** -0.5
+        if q.device.type == "cpu" and q.shape[2] <= MANUAL_ATTENTION_MAX_QUERIES:
+            # two score blocks: prefix (spatial-only queries) and [history; this pass] (full queries)
+            if hk is not None:
+                k = torch.cat([hk.to(q.dtype), k], dim=2)
+                v = torch.cat([hv.to(q.dtype), v], dim=2)
+            n_prefix = pk.shape[2]
+            scores = torch.cat([torch.matmul(q_sp, pk.transpose(-1, -2)), torch.matmul(q, k.transpose(-1, -2))],
+                               dim=-1) * scale
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            return torch.matmul(probs[..., :n_prefix], pv) + torch.matmul(probs[..., n_prefix:], v)
+        keys = [torch.cat([torch.zeros_like(pk), pk], dim=-1)]
+        vals = [pv]
+        if hk is not None:
+            keys.append(torch.cat([hk.to(q.dtype), torch.zeros_like(hk, dtype=q.dtype)], dim=-1))
+            vals.append(hv.to(q.dtype))
+        keys.append(torch.cat([k, torch.zeros_like(k)], dim=-1))
+        vals.append(v)
+        values = torch.cat(vals, dim=2)
+        # Equal q/k/v widths let PyTorch pick its fused (flash) CPU kernel: pad v too, slice after.
+        values = torch.cat([values, torch.zeros_like(values)], dim=-1)
+        out = F.scaled_dot_product_attention(torch.cat([q, q_sp], dim=-1), torch.cat(keys, dim=2), values,
+                                             attn_mask=mask, scale=scale)
+        return out[..., : self.head_dim]
+
+    def _split_kvs(self, kvs, layout: _Layout, seg: int):
+        """Keys/values of one segment out of a pass's [video of all segs; audio of all segs] tokens."""
+        idx = (layout.token_seg == seg).nonzero().squeeze(1)
+        return [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in kvs]
+
+    def _output(self, xv, xa, emb):
+        b, s, _, d = xv.shape
+        yv = ya = None
+        if xv.shape[2]:
+            fv = self.video_final_mod(emb).view(b, s, 2, d)
+            yv = self.video_out(self.video_norm_out(xv) * (1 + fv[:, :, 1:2]) + fv[:, :, 0:1])
+        if xa.shape[2]:
+            fa = self.audio_final_mod(emb).view(b, s, 2, d)
+            ya = self.audio_out(self.audio_norm_out(xa) * (1 + fa[:, :, 1:2]) + fa[:, :, 0:1])
+        return self._unpatchify(yv, ya)
+
+    # ------------------------------------------------------------------ public API
+    def prefix_kv(self, cond: Conditions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer keys/values of the reference-frame prefix (t = d = 0)."""
+        cfg = self.cfg
+        ref = cond.ref_latent
+        b = ref.shape[0]
+        if ref.shape[1:] != (cfg.video_channels, cfg.latent_size, cfg.latent_size):
+            raise ValueError(f"ref_latent must be [B, {cfg.video_channels}, {cfg.latent_size}, {cfg.latent_size}], "
+                             f"got {tuple(ref.shape)}")
+        if cond.attributes.shape[1] != cfg.attr_dim:
+            raise ValueError(f"attributes must have {cfg.attr_dim} entries, got {cond.attributes.shape[1]}")
+        p, grid = cfg.patch_size, cfg.latent_size // cfg.patch_size
+        patches = (ref.reshape(b, cfg.video_channels, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5)
+                   .reshape(b, 1, grid * grid, cfg.video_channels * p * p))
+        xv = self.video_in(patches) + self.prefix_embed
+        xa = xv.new_zeros(b, 1, 0, xv.shape[-1])
+        zero = ref.new_zeros(b, 1)
+        emb = self._cond_embed(zero, zero, cond.attributes)
+        rows = torch.arange(grid, device=ref.device).repeat_interleave(grid).float()
+        cols = torch.arange(grid, device=ref.device).repeat(grid).float()
+        yx = torch.stack([rows, cols], dim=-1)
+        cos, sin, cos_sp, sin_sp = self._rope_tables(torch.zeros(grid * grid, device=ref.device), yx)
+        n = grid * grid
+        zl = torch.zeros(n, dtype=torch.long, device=ref.device)
+        layout = _Layout([PREFIX_CHUNK], [GROUP_HISTORY], cos, sin, cos_sp, sin_sp, zl + PREFIX_CHUNK,
+                         zl + GROUP_HISTORY, zl)
+        empty = torch.zeros(0, dtype=torch.long, device=ref.device)
+        _, _, kvs = self._run_blocks(xv, xa, emb, layout, None, empty, prefix_pass=True, kv_only=True)
+        return kvs
+
+    def new_cache(self, cond: Conditions) -> KVCache:
+        """An empty cache holding the prefix of ``cond.ref_latent``."""
+        cache = KVCache(window=self.cfg.window_chunks)
+        cache.set_prefix(self.prefix_kv(cond))
+        return cache
+
+    def _check_td(self, t: torch.Tensor, d: torch.Tensor, b: int, s: int, device, dtype):
+        t = torch.as_tensor(t, device=device, dtype=dtype)
+        d = torch.as_tensor(d, device=device, dtype=dtype)
+        t = t.expand(b, s) if t.dim() < 2 else t
+        d = d.expand(b, s) if d.dim() < 2 else d
+        if t.shape != (b, s) or d.shape != (b, s):
+            raise ValueError(f"t and d must be [B={b}, K={s}] (one value per chunk), "
+                             f"got {tuple(t.shape)}, {tuple(d.shape)}")
+        return t, d
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, t, d, cond: Conditions,
+                kv_cache: KVCache | None = None):
+        """Velocity for K chunks continuing ``kv_cache`` (or starting at chunk 0 without one).
+
+        video [B, K*Fc, C, h, w], audio [B, K*Fc*4, M], t/d [B, K] (or scalars) -> (u_video, u_audio).
+        Chunk k of the input sees the prefix, the cached chunks inside its window, the earlier input
+        chunks inside its window (block-causal) and itself.
+        """
+        xv, xa = self._embed_chunks(video, audio, cond)
+        b, s = xv.shape[:2]
+        t, d = self._check_td(t, d, b, s, xv.device, torch.float32)
+        if kv_cache is None:
+            prefix = self.prefix_kv(cond)
+            ctx = [(pk, pv, None, None) for pk, pv in prefix]
+            ids = torch.full((prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=xv.device)
+            key = (int(ids.numel()),)
+            start = 0
+        else:
+            if kv_cache.prefix[0][0].shape[0] != b:
+                raise ValueError(f"kv_cache holds batch {kv_cache.prefix[0][0].shape[0]}, input has {b}")
+            ctx = [kv_cache.context(i) for i in range(len(self.blocks))]
+            ids = kv_cache.context_chunk_ids
+            key = kv_cache.context_key
+            start = kv_cache.next_chunk
+        layout = self._layout([start + i for i in range(s)], [GROUP_HISTORY] * s, xv.device,
+                              video is not None, audio is not None)
+        emb = self._cond_embed(t, d, cond.attributes)
+        xv, xa, _ = self._run_blocks(xv, xa, emb, layout, ctx, ids, key)
+        return self._output(xv, xa, emb)
+
+    def write_cache(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions, cache: KVCache) -> KVCache:
+        """Store one finished (clean) chunk in ``cache`` with a t = d = 0 pass; returns the cache."""
+        xv, xa = self._embed_chunks(video, audio, cond)
+        b, s = xv.shape[:2]
+        if s != 1:
+            raise ValueError(f"write_cache takes exactly one chunk, got {s}")
+        zero = xv.new_zeros(b, 1)
+        emb = self._cond_embed(zero, zero, cond.attributes)
+        index = cache.next_chunk
+        layout = self._layout([index], [GROUP_HISTORY], xv.device)
+        ctx = [cache.context(i) for i in range(len(self.blocks))]
+        _, _, kvs = self._run_blocks(xv, xa, emb, layout, ctx, cache.context_chunk_ids, cache.context_key,
+                                     kv_only=True)
+        cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
+        return cache
+
+    def forward_teacher_forcing(self, noisy_video, noisy_audio, clean_video, clean_audio, t, d, cond: Conditions):
+        """Training pass over [prefix; clean chunks 0..K-1; noisy chunks 0..K-1] in one forward.
+
+        Noisy chunk k sees the prefix, clean chunks k-W..k-1 and itself; clean chunk k sees the prefix,
+        clean chunks k-W..k (exactly what the cache would hold). Returns the velocity of the noisy
+        chunks (u_video [B, K*Fc, C, h, w], u_audio [B, K*Fc*4, M]). ``cond.phone_ids`` covers K chunks.
+        """
+        for noisy, clean in ((noisy_video, clean_video), (noisy_audio, clean_audio)):
+            if (noisy is None) != (clean is None) or (noisy is not None and noisy.shape != clean.shape):
+                raise ValueError("noisy and clean chunks must have the same shapes (and the same modalities)")
+        nv, na = self._embed_chunks(noisy_video, noisy_audio, cond)
+        cv, ca = self._embed_chunks(clean_video, clean_audio, cond)
+        b, k = nv.shape[:2]
+        t, d = self._check_td(t, d, b, k, nv.device, torch.float32)
+        zero = torch.zeros_like(t)
+        emb = torch.cat([self._cond_embed(zero, zero, cond.attributes), self._cond_embed(t, d, cond.attributes)], 1)
+        layout = self._layout(list(range(k)) * 2, [GROUP_HISTORY] * k + [GROUP_NOISY] * k, nv.device,
+                              noisy_video is not None, noisy_audio is not None)
+        prefix = self.prefix_kv(cond)
+        ids = torch.full((prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=nv.device)
+        ctx = [(pk, pv, None, None) for pk, pv in prefix]
+        xv, xa, _ = self._run_blocks(torch.cat([cv, nv], 1), torch.cat([ca, na], 1), emb, layout, ctx, ids,
+                                     (int(ids.numel()),), outputs_from=k)
+        return self._output(xv, xa, emb[:, k:])
+
+    def step_and_write(self, noisy_video, noisy_audio, t, d, clean_video, clean_audio, cond_noisy: Conditions,
+                       cond_clean: Conditions, cache: KVCache):
+        """Fused: write the finished chunk ``clean`` into ``cache`` and run the next chunk's first step.
+
+        Exactly ``write_cache(clean)`` followed by ``forward(noisy, kv_cache=cache)`` (same keys, same
+        mask), in one pass with one weight read per layer. Returns (u_video, u_audio) of the noisy chunk.
+        """
+        cv, ca = self._embed_chunks(clean_video, clean_audio, cond_clean)
+        nv, na = self._embed_chunks(noisy_video, noisy_audio, cond_noisy)
+        b = nv.shape[0]
+        t, d = self._check_td(t, d, b, 1, nv.device, torch.float32)
+        zero = torch.zeros_like(t)
+        emb = torch.cat([self._cond_embed(zero, zero, cond_clean.attributes),
+                         self._cond_embed(t, d, cond_noisy.attributes)], 1)
+        index = cache.next_chunk
+        layout = self._layout([index, index + 1], [GROUP_HISTORY, GROUP_NOISY], nv.device)
+        ctx = [cache.context(i) for i in range(len(self.blocks))]
+        xv, xa, kvs = self._run_blocks(torch.cat([cv, nv], 1), torch.cat([ca, na], 1), emb, layout, ctx,
+                                       cache.context_chunk_ids, cache.context_key, outputs_from=1)
+        cache.append(index, [(k.detach(), v.detach()) for k, v in self._split_kvs(kvs, layout, 0)])
+        return self._output(xv, xa, emb[:, 1:])

@@ -1,0 +1,316 @@
+"""The streaming runtime: load the studio (model + codecs), generate a clip chunk by chunk.
+
+Owns ``Studio``, ``load_studio``, ``generate`` and ``Chunk`` (the shared runtime API of the app, the
+training rollouts' previews and the benchmark):
+
+    studio = load_studio(assets="assets", device="cpu")      # studio.trained False = initial weights
+    for chunk in generate(studio, steps=4, seed=0, seconds=5.0): ...
+
+Every chunk is sampled by ``mf.sampler.sample_chunk`` against a rolling KV cache, then decoded at
+once (video per frame; audio through the vocoder with the previous mel frames as left context so
+chunk seams do not click). The cache write of a finished chunk is folded into the next chunk's first
+network pass (exactly the same keys and mask as a separate ``write_cache``; see ``MFTransformer.
+step_and_write``), and chunk k+1 is sampled in a worker thread while chunk k is decoded and consumed
+(torch kernels release the GIL, so on 2 cores the network and the codecs run side by side). Both are
+speed options only: the output is the same up to float rounding (tested).
+
+Determinism: the noise of chunk k comes from a CPU generator seeded by (seed, k), so the same seed
+gives bitwise identical output on CPU whatever the chunking of the consumer, and continuing from a
+history gives the same noise as generating straight through.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from mf.conditions import Conditions, script_phone_ids
+from mf.configs import MAX_SECONDS, ModelConfig
+from mf.constants import FPS, SAMPLES_PER_FRAME
+from mf.model import MFTransformer
+from mf.sampler import make_schedule, sample_chunk
+
+DEFAULT_PRESET = "tiny"
+AUDIO_CONTEXT_MELS = 16  # left context (mel frames) the vocoder sees when decoding a chunk
+
+
+@dataclass
+class Chunk:
+    index: int
+    frames: np.ndarray            # uint8 [T, H, W, 3] (T = frames_per_chunk, fewer for a cut last chunk)
+    audio: np.ndarray             # float32 [T * 640]
+    video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
+    audio_latents: torch.Tensor   # [Fc * 4, n_mels]
+    timings: dict                 # model_s, decode_s, nfe, cache_writes
+    step_latents: list | None     # [(video [Fc,C,h,w], audio [Fc*4,M])] after each denoising step
+    seed: int
+    start_frame: int = 0          # first video frame of this chunk in the clip
+    note: str = ""                # on the first chunk: how the script was made (e.g. cut to length)
+
+    @property
+    def start_seconds(self) -> float:
+        return self.start_frame / FPS
+
+
+@dataclass
+class Studio:
+    model: MFTransformer
+    video_codec: object
+    audio_codec: object
+    trained: bool                 # False: the model has initial (untrained) weights
+    codecs_trained: bool
+    message: str                  # what was loaded, for the user
+    checkpoint: str | None        # the model folder, None for initial weights
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    max_seconds: float = MAX_SECONDS
+    notes: list = field(default_factory=list)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) -> None:
+    want = (cfg.video_channels, cfg.latent_size, cfg.n_mels)
+    have = (video_codec.latent_channels, video_codec.latent_size, audio_codec.n_mels)
+    if want != have:
+        raise ValueError(f"{where}: the model expects latents (channels, size, n_mels) = {want} but the codecs "
+                         f"give {have}; retrain the model for these codecs or use matching codecs")
+
+
+def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None, preset: str = DEFAULT_PRESET,
+                codec_preset: str = "tiny") -> Studio:
+    """Model + codecs from ``assets/model`` and ``assets/codecs``; initial weights where they are absent.
+
+    ``dtype``: float32 on CPU; bfloat16 autocast on CUDA by default. ``preset`` / ``codec_preset``
+    choose the shapes of initial weights (``micro`` for tests); a checkpoint knows its own shape.
+    """
+    from mf.codecs import AudioCodec, VideoCodec, load_codecs
+
+    device = torch.device(device)
+    assets = Path(assets)
+    notes = []
+    codec_dir = assets / "codecs"
+    if codec_dir.is_dir():
+        video_codec, audio_codec = load_codecs(codec_dir, device=str(device))
+        codecs_trained = True
+    else:
+        video_codec = VideoCodec.from_preset(codec_preset).to(device)
+        audio_codec = AudioCodec.from_preset(codec_preset).to(device)
+        codecs_trained = False
+        notes.append(f"no trained codecs at {codec_dir}: untrained codecs (noise-like frames and audio)")
+    model_dir = assets / "model"
+    if (model_dir / "config.json").is_file():
+        try:
+            model = MFTransformer.from_pretrained(str(model_dir))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{model_dir}: cannot load the model checkpoint ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        trained, checkpoint = True, str(model_dir)
+        notes.insert(0, f"model: trained checkpoint {model_dir}")
+    else:
+        with torch.random.fork_rng(devices=[]):  # reproducible initial weights, caller's RNG untouched
+            torch.manual_seed(0)
+            model = MFTransformer.from_preset(preset, video_channels=video_codec.latent_channels,
+                                              latent_size=video_codec.latent_size, n_mels=audio_codec.n_mels)
+        trained, checkpoint = False, None
+        notes.insert(0, f"model: initial weights (no checkpoint at {model_dir}; preset {preset!r}): "
+                        "the output is not a trained result")
+    _check_compatible(model.cfg, video_codec, audio_codec, str(model_dir))
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = model.to(device).eval()
+    return Studio(model=model, video_codec=video_codec, audio_codec=audio_codec, trained=trained,
+                  codecs_trained=codecs_trained, message="; ".join(notes), checkpoint=checkpoint,
+                  device=device, dtype=dtype, notes=notes)
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """The noise seed of chunk ``index`` of a clip generated with ``seed`` (a 63-bit integer)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _validate(studio: Studio, steps, seed, seconds, character_id, cfg_scale, text) -> None:
+    from mf.data.characters import MAX_CHARACTER_ID
+
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(seconds, (int, float, np.floating, np.integer)) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if seconds > studio.max_seconds:
+        raise ValueError(f"seconds must be at most {studio.max_seconds:g} (one request), got {seconds:g}")
+    if character_id is not None and (isinstance(character_id, bool) or not isinstance(character_id, (int, np.integer))
+                                     or not 0 <= int(character_id) <= MAX_CHARACTER_ID):
+        raise ValueError(f"unknown character id {character_id!r}: ids are integers in [0, {MAX_CHARACTER_ID}]")
+    if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale) or cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"text must be a string or None, got {type(text).__name__}")
+
+
+def reference_frame(character_id: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The identity condition of a character: (first frame uint8 [H, W, 3], attributes float32 [A]).
+
+    The first frame of a corpus clip of that character (clips open in silence, so the mouth is at
+    rest); training conditions on the first frame of each training clip the same way.
+    """
+    from mf.data import render_clip
+
+    clip = render_clip(int(seed), 1.0 / FPS, character_id=int(character_id), size=size)
+    return clip.frames[0], clip.character.attributes().astype(np.float32)
+
+
+def build_conditions(studio: Studio, *, seed: int, n_chunks: int, text: str | None,
+                     character_id: int | None) -> tuple[Conditions, str]:
+    """Conditions (batch 1) for a clip of ``n_chunks`` chunks, and a note about the script."""
+    cfg = studio.config
+    cid = int(seed) if character_id is None else int(character_id)
+    frame, attributes = reference_frame(cid, studio.video_codec.frame_size, seed)
+    ref = studio.video_codec.encode(frame[None]).to(studio.device, torch.float32)
+    ids, dropped, note = script_phone_ids(text, n_chunks * cfg.mels_per_chunk, seed)
+    if int(ids.max(initial=0)) >= cfg.n_phonemes:
+        raise ValueError(f"the script uses phoneme id {int(ids.max())}, the model knows {cfg.n_phonemes}")
+    cond = Conditions(ref_latent=ref, attributes=torch.from_numpy(attributes)[None].to(studio.device),
+                      phone_ids=torch.from_numpy(ids)[None].to(studio.device),
+                      text_dropped=torch.tensor([dropped], device=studio.device))
+    return cond, note
+
+
+class _AudioDecoder:
+    """Vocoder decode of consecutive chunks with the previous mel frames as left context."""
+
+    def __init__(self, codec, context: int = AUDIO_CONTEXT_MELS):
+        self.codec, self.context, self.history = codec, context, None
+
+    def __call__(self, mel: torch.Tensor) -> np.ndarray:
+        full = mel if self.history is None else torch.cat([self.history, mel])
+        wave = self.codec.decode(full.float())
+        self.history = full[-self.context:] if self.context else None
+        return wave[-mel.shape[0] * self.codec.hop:]
+
+
+def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0, text: str | None = None,
+             character_id: int | None = None, cfg_scale: float = 1.0, keep_step_latents: bool = False, *,
+             mode: str | None = None, shift: float = 1.0, history: list[Chunk] | None = None,
+             fuse_cache_write: bool = True, lookahead: bool = True) -> Iterator[Chunk]:
+    """Yield the chunks of a clip, each decoded, as soon as it is sampled.
+
+    steps: denoising steps per chunk (<= 16: few-step mode, > 16: multi-step; ``mode`` overrides).
+    seconds: clip length (0 < seconds <= studio.max_seconds); the last chunk is cut to length.
+    text: a sentence to say; None = random babble from the seed; "" = no script.
+    character_id: which corpus character (None: the seed picks it).
+    cfg_scale: classifier-free guidance on the script (1 = off; > 1 doubles the network batch).
+    history: finished chunks of an earlier call with the same conditions: they fill the cache and
+    generation continues at chunk ``len(history)``.
+    fuse_cache_write / lookahead: speed options (same output bit for bit; tested).
+    """
+    _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
+    schedule = make_schedule(int(steps), mode=mode, shift=shift)
+    model, cfg = studio.model, studio.config
+    fc = cfg.frames_per_chunk
+    total_frames = int(round(seconds * FPS))
+    total_frames = max(total_frames, 1)
+    n_chunks = math.ceil(total_frames / fc)
+    history = list(history or [])
+    if len(history) >= n_chunks:
+        raise ValueError(f"history has {len(history)} chunks, the clip only {n_chunks}: ask for more seconds")
+    use_cfg = cfg_scale != 1.0
+    device = studio.device
+    use_amp = device.type == "cuda" and studio.dtype != torch.float32
+
+    def amp():  # a fresh autocast context per use (bf16 on CUDA; nothing on CPU)
+        return torch.autocast(device_type="cuda", dtype=studio.dtype) if use_amp else nullcontext()
+    branches = 2 if use_cfg else 1
+    c, h, m = cfg.video_channels, cfg.latent_size, cfg.n_mels
+
+    # Grad mode and autocast are thread-local and would leak to the consumer across `yield`, so every
+    # computation below enters them itself.
+    @torch.inference_mode()
+    def prepare():
+        cond, note = build_conditions(studio, seed=int(seed), n_chunks=n_chunks, text=text,
+                                      character_id=character_id)
+        cond_in = cond.repeat_for_cfg() if use_cfg else cond
+        with amp():
+            cache = model.new_cache(cond_in)
+            for past in history:  # rebuild the cache from finished chunks
+                v = past.video_latents.to(device)[None].repeat(branches, 1, 1, 1, 1)
+                a = past.audio_latents.to(device)[None].repeat(branches, 1, 1)
+                model.write_cache(v, a, cond_in.chunk_slice(past.index, 1, fc), cache)
+        return cond, note, cache
+
+    @torch.inference_mode()
+    def sample(k: int, cache, pending):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(chunk_seed(seed, k))
+        noise_v = torch.randn((1, fc, c, h, h), generator=gen).to(device)
+        noise_a = torch.randn((1, cfg.mels_per_chunk, m), generator=gen).to(device)
+        write = "never" if k == n_chunks - 1 else ("defer" if fuse_cache_write else "now")
+        with amp():
+            out = sample_chunk(model, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
+                               cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, pending=pending,
+                               write=write)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def decode(k: int, out, audio_decoder):
+        t1 = time.perf_counter()
+        video_latents, audio_latents = out.video[0].float(), out.audio[0].float()
+        n_frames = min(fc, total_frames - k * fc)
+        frames = studio.video_codec.decode_uint8(video_latents[:n_frames])
+        audio = audio_decoder(audio_latents)[: n_frames * SAMPLES_PER_FRAME]
+        return frames, np.ascontiguousarray(audio, dtype=np.float32), time.perf_counter() - t1
+
+    cond, note, cache = prepare()
+    audio_decoder = _AudioDecoder(studio.audio_codec)
+    if history:
+        audio_decoder.history = history[-1].audio_latents.to(device)[-AUDIO_CONTEXT_MELS:]
+    first = len(history)
+    # Look-ahead: while chunk k is decoded (and consumed), chunk k+1 is sampled in a worker thread.
+    # Torch kernels release the GIL, so on 2 cores the network and the codecs run side by side.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mf-sampler") if lookahead else None
+    try:
+        job = executor.submit(sample, first, cache, None) if executor else None
+        for k in range(first, n_chunks):
+            out, model_s = job.result() if executor else sample(k, cache, None if k == first else pending)
+            pending = out.pending
+            if executor and k + 1 < n_chunks:
+                job = executor.submit(sample, k + 1, cache, pending)
+            frames, audio, decode_s = decode(k, out, audio_decoder)
+            steps_out = None
+            if out.step_latents is not None:
+                steps_out = [(sv[0].float().cpu(), sa[0].float().cpu()) for sv, sa in out.step_latents]
+            yield Chunk(index=k, frames=frames, audio=audio, video_latents=out.video[0].float().cpu(),
+                        audio_latents=out.audio[0].float().cpu(),
+                        timings=dict(model_s=model_s, decode_s=decode_s, nfe=out.nfe, cache_writes=out.cache_writes),
+                        step_latents=steps_out, seed=int(seed), start_frame=k * fc,
+                        note=note if k == first else "")
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def generate_clip(studio: Studio, **kwargs) -> tuple[np.ndarray, np.ndarray, list[Chunk]]:
+    """Generate a whole clip: (frames uint8 [T, H, W, 3], audio float32 [T * 640], chunks)."""
+    chunks = list(generate(studio, **kwargs))
+    frames = np.concatenate([ch.frames for ch in chunks])
+    audio = np.concatenate([ch.audio for ch in chunks])
+    return frames, audio, chunks
+
+
+__all__ = ["Chunk", "Studio", "load_studio", "generate", "generate_clip", "build_conditions", "chunk_seed",
+           "reference_frame"]

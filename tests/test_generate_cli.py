@@ -1,0 +1,74 @@
+"""Specification of ``python -m mf.generate``: an mp4 with audio of the right length and a stats JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mf.generate import main
+from mf.media import read_av
+
+REQUIRED_KEYS = {"steps", "nfe", "seconds", "wall_seconds", "rtf", "first_chunk_seconds", "seed", "trained",
+                 "checkpoint", "mode", "cache_writes", "weights"}
+
+
+def cli(tmp_path, *extra):
+    return ["--preset", "micro", "--codec-preset", "micro", "--assets", str(tmp_path / "no_assets"), *extra]
+
+
+def test_cli_writes_mp4_with_audio_and_stats_json(tmp_path, capsys):
+    out, stats_path = tmp_path / "clip.mp4", tmp_path / "stats.json"
+    rc = main(cli(tmp_path, "--steps", "2", "--seconds", "0.4", "--seed", "3", "--text", "hi there",
+                  "--character", "11", "--out", str(out), "--json", str(stats_path)))
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "INITIAL WEIGHTS" in printed and "clip.mp4" in printed
+    clip = read_av(str(out))
+    assert clip.n_frames == 10 and clip.frames.shape[1:] == (64, 64, 3)
+    assert clip.audio is not None
+    assert abs(clip.audio.shape[0] - 0.4 * clip.sample_rate) <= 160  # the written length, within 10 ms
+    stats = json.loads(stats_path.read_text())
+    assert REQUIRED_KEYS <= set(stats)
+    assert stats["steps"] == 2 and stats["mode"] == "few" and stats["seconds"] == pytest.approx(0.4)
+    assert stats["nfe"] == 2 * stats["chunks"] and stats["cache_writes"] == stats["chunks"] - 1
+    assert stats["trained"] is False and stats["weights"] == "initial weights" and stats["checkpoint"] is None
+    assert stats["rtf"] == pytest.approx(stats["wall_seconds"] / stats["seconds"])
+    assert 0 < stats["first_chunk_seconds"] <= stats["wall_seconds"]
+    assert stats["character"] == 11 and stats["seed"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--steps", "0"), "steps must be"),
+    (("--seconds", "0"), "seconds must be a positive"),
+    (("--seconds", "1000"), "at most 120"),
+    (("--character", "-4"), "unknown character id"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    rc = main(cli(tmp_path, *args, "--out", str(tmp_path / "x.mp4")))
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_cli_rejects_a_non_mp4_output(tmp_path, capsys):
+    rc = main(cli(tmp_path, "--out", str(tmp_path / "clip.avi")))
+    assert rc == 2 and ".mp4" in capsys.readouterr().err
+
+
+def test_bench_reports_speed_ratio_first_chunk_memory_and_floors(tmp_path):
+    from eval.bench import main as bench_main
+
+    out = tmp_path / "bench.json"
+    rc = bench_main(["--preset", "micro", "--codec-preset", "micro", "--assets", str(tmp_path / "none"),
+                     "--steps", "4", "50", "--seconds", "0.16", "--rss-marks", "0.16", "0.32", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert set(result["rtf"]) == {"4", "50"} and all(v > 0 for v in result["rtf"].values())
+    assert result["nfe"] == {"4": 4 * 2, "50": 50 * 2}  # micro: 0.16 s = 2 chunks
+    assert result["ratio_50_over_4"] == pytest.approx(
+        result["runs"]["50"]["wall_seconds"] / result["runs"]["4"]["wall_seconds"])
+    assert result["first_chunk_seconds"] > 0 and len(result["first_chunk_seconds_runs"]) == 3
+    assert set(result["rss_mb"]) == {"0.16s", "0.32s"} and result["rss60_over_rss10"] > 0
+    assert result["trained"] is False and result["hardware"]["torch_threads"] == 1
+    assert set(result["floors_passed"]) == {"rtf_4", "ratio_50_over_4", "first_chunk_seconds", "rss60_over_rss10"}
