@@ -1,0 +1,12 @@
+"""Evaluation of generated talking-character sets (library + ``python -m eval`` CLI).
+
+Modules (import the one you need; nothing heavy is imported here):
+
+* ``eval.sets``          load a generated/reference set from a zip, a folder or files; pair by name
+* ``eval.sync``          weight-free audio-video offset (+ SyncNet scores when weights are supplied)
+* ``eval.audio_metrics`` PESQ wb/nb and STOI/ESTOI with resampling, alignment and explained NaNs
+* ``eval.frechet``       FID/KID (torchmetrics + Inception when its weights exist), corpus-FD, generic FD/KID
+* ``eval.features``      the offline corpus feature extractor behind corpus-FD (and its training command)
+* ``eval.score``         ``score_sets(generated, reference, metrics, windows, progress) -> Report``
+* ``eval.plots``         plotly figures of a ``Report``
+"""

@@ -1,0 +1,227 @@
+"""Specification of set scoring: error rows, per-clip and per-window metrics, reports, CLI, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from eval.score import Report, parse_windows, score_sets
+from mf.constants import HELDOUT_SEED_START
+from mf.media import write_mp4
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+PEER = os.path.join(DATA, "pesq_peer")
+
+
+def _clip(seed: int, seconds: float):
+    from mf.data import render_clip
+
+    return render_clip(HELDOUT_SEED_START + seed, seconds, size=64)
+
+
+@pytest.fixture(scope="module")
+def mixed_sets(tmp_path_factory):
+    """gen/ and ref/ with one good pair and one of each kind of bad file."""
+    root = tmp_path_factory.mktemp("mixed")
+    gen, ref = root / "gen", root / "ref"
+    gen.mkdir(), ref.mkdir()
+    rng = np.random.default_rng(0)
+    good = _clip(1, 3.0)
+    noisy = np.clip(good.audio + rng.normal(0, 0.001, good.audio.shape), -1, 1).astype(np.float32)
+    write_mp4(gen / "good.mp4", good.frames, audio=noisy)
+    (gen / "corrupt.mp4").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    write_mp4(gen / "noaudio.mp4", good.frames)
+    write_mp4(gen / "silent.mp4", good.frames, audio=np.zeros_like(good.audio))
+    write_mp4(gen / "extra.mp4", good.frames, audio=good.audio)
+    for name in ("good", "corrupt", "noaudio", "silent"):
+        write_mp4(ref / f"{name}.mp4", good.frames, audio=good.audio)
+    return str(gen), str(ref)
+
+
+def _no_inception(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("MF_INCEPTION_WEIGHTS", raising=False)
+
+
+def test_mixed_set_gives_one_error_row_per_bad_file_and_scores_the_rest(mixed_sets, monkeypatch, tmp_path):
+    _no_inception(monkeypatch, tmp_path)
+    report = score_sets(*mixed_sets, windows=(), allow_download=False)
+    rows = {r["name"]: r for r in report.clips}
+    assert set(rows) == {"good", "corrupt", "noaudio", "silent", "extra"}
+    good = rows["good"]
+    assert good["error"] == ""
+    assert 2.0 < good["pesq_wb"] < 4.6 and 0.8 < good["stoi"] <= 1.0
+    assert math.isfinite(good["sync_confidence"]) or good["sync_flag"]
+    expect = {"corrupt": "not a readable media file", "noaudio": "no audio stream",
+              "silent": "silent audio", "extra": "unpaired"}
+    for name, reason in expect.items():
+        assert f"{name}.mp4" in rows[name]["error"] and reason in rows[name]["error"], rows[name]
+        assert math.isnan(rows[name]["pesq_wb"])
+    s = report.summary
+    assert s["n_clips"] == 1 and s["n_errors"] == 4
+    assert s["pesq_wb_median"] == good["pesq_wb"]
+    # FID without the Inception weights: skipped with a note naming the file; corpus-FD still there.
+    assert math.isnan(s["fid"]) and "weights-inception-2015-12-05-6726825d.pth" in s["fid_note"]
+    assert s["corpus_feature_extractor"] == "corpus-FD (not standard FID)"
+    if not s["corpus_note"].startswith("corpus-FD extractor not found"):
+        assert s["corpus_n_frames"] == [16, 16] and math.isfinite(s["corpus_fd"])
+
+
+def test_report_json_and_csv_are_complete_and_json_safe(mixed_sets, tmp_path):
+    report = score_sets(*mixed_sets, metrics="pesq,stoi", windows="0-2,2.5-10")
+    d = json.load(open(report.to_json(tmp_path / "r.json")))
+    assert set(d) == {"clips", "summary"}
+    for key in ("name", "sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "error"):
+        assert all(key in row for row in d["clips"])
+    assert d["clips"][0]["sync_offset_ms"] is None  # NaN -> null, not NaN (invalid JSON)
+    assert [w["window"] for w in d["summary"]["windows"]] == ["0-2s", "2.5-10s"]
+    good = next(r for r in d["clips"] if r["name"] == "good")
+    assert good["pesq_wb@0-2s"] is not None and good.get("pesq_wb@2.5-10s") is None  # ~0.5 s < MIN_WINDOW_SECONDS
+    lines = open(report.to_csv(tmp_path / "r.csv")).read().strip().splitlines()
+    assert len(lines) == 1 + len(d["clips"]) and lines[0].startswith("name,file,")
+
+
+def test_windows_score_each_time_span_of_a_long_clip(tmp_path):
+    gen, ref = tmp_path / "g", tmp_path / "r"
+    gen.mkdir(), ref.mkdir()
+    c = _clip(2, 7.0)
+    write_mp4(ref / "long.mp4", c.frames, audio=c.audio)
+    write_mp4(gen / "long.mp4", c.frames, audio=(c.audio * 0.5).astype(np.float32))
+    report = score_sets(str(gen), str(ref), metrics=("sync", "pesq"), windows=parse_windows("0-5,5-15,15-25"))
+    row = report.clips[0]
+    assert math.isfinite(row["pesq_wb@0-5s"]) and math.isfinite(row["pesq_wb@5-15s"])
+    assert "pesq_wb@15-25s" not in row  # the clip never reaches 15 s
+    assert "sync_offset_ms@0-5s" in row or "sync_confidence@0-5s" in row
+    wins = {w["window"]: w for w in report.summary["windows"]}
+    assert wins["0-5s"]["n_clips"] == 1 and wins["15-25s"]["n_clips"] == 0
+
+
+def test_sync_alone_needs_no_reference_and_other_metrics_do(mixed_sets):
+    gen, _ = mixed_sets
+    report = score_sets(gen, None, metrics=("sync",), windows=())
+    good = next(r for r in report.clips if r["name"] == "good")
+    assert good["error"] == "" and (math.isfinite(good["sync_confidence"]) or good["sync_flag"])
+    with pytest.raises(ValueError, match="need a reference set"):
+        score_sets(gen, None, metrics=("sync", "pesq"))
+    with pytest.raises(ValueError, match="unknown metric"):
+        score_sets(gen, None, metrics=("lse",))
+
+
+@pytest.mark.skipif(not os.path.isdir(PEER), reason="../shared/data/pesq_peer is absent")
+def test_pesq_peer_values_through_the_set_loader(tmp_path):
+    (tmp_path / "g").mkdir(), (tmp_path / "r").mkdir()
+    shutil.copy(os.path.join(PEER, "speech_bab_0dB.wav"), tmp_path / "g" / "speech.wav")
+    shutil.copy(os.path.join(PEER, "speech.wav"), tmp_path / "r" / "speech.wav")
+    report = score_sets(str(tmp_path / "g"), str(tmp_path / "r"), metrics=("pesq",), windows=())
+    row = report.clips[0]
+    assert row["pesq_wb"] == 1.0832337141036987 and row["pesq_nb"] == 1.6072081327438354
+
+
+def test_progress_hooks_accept_callables_and_tqdm(mixed_sets):
+    import io
+
+    from tqdm import tqdm
+
+    calls = []
+    score_sets(*mixed_sets, metrics=("pesq",), windows=(), progress=lambda d, t, s: calls.append((d, t, s)))
+    assert [c[:2] for c in calls] == [(i, 4) for i in range(1, 5)]  # 4 pairs; 'extra' is unpaired
+    bar = tqdm(file=io.StringIO())
+    score_sets(*mixed_sets, metrics=("pesq",), windows=(), progress=bar)
+    assert bar.n == 4 and bar.total == 4
+
+
+def test_cli_gives_the_library_numbers_and_clear_errors(mixed_sets, tmp_path, capsys):
+    from eval.__main__ import main
+
+    gen, ref = mixed_sets
+    out = tmp_path / "cli.json"
+    assert main(["score", "--generated", gen, "--reference", ref, "--metrics", "pesq,stoi",
+                 "--windows", "", "--json", str(out), "--csv", str(tmp_path / "cli.csv"), "--quiet"]) == 0
+    cli = {r["name"]: r for r in json.load(open(out))["clips"]}
+    lib = {r["name"]: r for r in score_sets(gen, ref, metrics=("pesq", "stoi"), windows=()).clips}
+    assert cli["good"]["pesq_wb"] == lib["good"]["pesq_wb"] and cli["good"]["stoi"] == lib["good"]["stoi"]
+    capsys.readouterr()
+    assert main(["score", "--generated", str(tmp_path / "nope"), "--reference", ref]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no such file or folder" in err and "\n" not in err
+    assert main(["score", "--generated", gen, "--metrics", "pesq"]) == 2
+    assert "need a reference" in capsys.readouterr().err
+
+
+def test_cli_sync_matches_sync_file(mixed_sets, capsys):
+    from eval.__main__ import main
+    from eval.sync import sync_file
+
+    path = os.path.join(mixed_sets[0], "good.mp4")
+    assert main(["sync", path, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["offset_frames"] == sync_file(path).offset_frames
+    assert main(["sync", os.path.join(mixed_sets[0], "corrupt.mp4")]) == 2
+    assert "corrupt.mp4" in capsys.readouterr().err
+
+
+def test_plots_show_the_report_and_say_when_empty(mixed_sets):
+    import plotly.graph_objects as go
+
+    from eval.plots import offset_histogram, pesq_distribution, window_metrics
+
+    report = score_sets(*mixed_sets, metrics=("sync", "pesq", "stoi"), windows="0-2,2-3")
+    for fig in (pesq_distribution(report), window_metrics(report)):
+        assert isinstance(fig, go.Figure) and len(fig.data) >= 1
+    assert isinstance(offset_histogram(report), go.Figure)
+    empty = pesq_distribution(Report([], {}))
+    assert not empty.data and "no PESQ" in empty.layout.annotations[0].text
+
+
+def _random_inception_weights(path) -> str:
+    """A state dict with Inception's exact architecture and random values: same compute as the real
+    network, so timings are honest without the (non-shippable) trained weights."""
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    orig = FeatureExtractorInceptionV3.load_state_dict
+    try:
+        FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None
+        import torch_fidelity.feature_extractor_inceptionv3 as fx
+        real_dl = fx.load_state_dict_from_url
+        fx.load_state_dict_from_url = lambda *a, **k: {}
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = orig
+        fx.load_state_dict_from_url = real_dl
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.slow  # ~100 s on the shared 2-core box: builds, saves and reloads a 95 MB Inception
+def test_inception_path_runs_with_a_weights_file(mixed_sets, tmp_path):
+    weights = _random_inception_weights(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    report = score_sets(*mixed_sets, metrics=("fid", "kid"), windows=(), inception_weights=weights, frames_per_clip=4)
+    s = report.summary
+    assert s["feature_extractor"].startswith("FID/KID (Inception-v3") and s["n_frames"] == [12, 12]  # 3 clips readable for video (audio not needed)
+    assert math.isfinite(s["fid"]) and s["fid_note"] == ""
+
+
+@pytest.mark.slow
+def test_fifty_five_second_clips_all_metrics_within_three_minutes(tmp_path):
+    gen, ref = tmp_path / "g", tmp_path / "r"
+    gen.mkdir(), ref.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        c = _clip(100 + i, 5.0)
+        write_mp4(ref / f"c{i:02d}.mp4", c.frames, audio=c.audio)
+        write_mp4(gen / f"c{i:02d}.mp4", c.frames,
+                  audio=np.clip(c.audio + rng.normal(0, 0.02, c.audio.shape), -1, 1).astype(np.float32))
+    weights = _random_inception_weights(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    t0 = time.perf_counter()
+    report = score_sets(str(gen), str(ref), inception_weights=weights)
+    elapsed = time.perf_counter() - t0
+    print(f"50 clips x 5 s, all metrics: {elapsed:.1f} s, frames per set {report.summary['n_frames']}")
+    assert report.summary["n_clips"] == 50 and report.summary["n_frames"] == [200, 200]
+    assert elapsed <= 180.0
