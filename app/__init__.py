@@ -1,0 +1,1 @@
+"""The Gradio workbench: ui (layout), handlers (events), runs (generation), evaluate, plots, server."""
