@@ -1,0 +1,233 @@
+"""Mutual Forcing (stage 3) and the two self-distillation baselines that share its machinery.
+
+One network, two modes: d = 0 is the multi-step flow (sampled with many small steps, optionally
+with CFG); d > 0 is the few-step shortcut mode (4 or 8 jumps per chunk). One training iteration,
+for a batch of real windows of `history + 1` chunks:
+
+ (a) ROLLOUT. The few-step mode generates the first `h` chunks autoregressively WITHOUT gradient,
+     through the inference code path: the sampler's chunk loop and a t = 0 pass that writes each
+     finished chunk into the KV cache (`mf.sampler.rollout`, used verbatim by the pipeline).
+ (b) FLOW MATCHING on the REAL chunk h given that generated history (multi-step mode, d = 0,
+     with text dropout so CFG keeps working): the model keeps learning from real data while
+     conditioned on the context it will see at inference.
+ (c) SELF-DISTILLATION multi-step -> few-step, both with the multi-step mode under stop-gradient:
+     - ShortCut: u(x_t, t, d) must equal the average velocity of the multi-step ODE over
+       [t - d, t] (mf.train.shortcut.shortcut_distillation_loss);
+     - DMD: the few-step sample of chunk h (4 jumps from noise; gradient through the last jump
+       only) is pushed along x0_fake - x0_real, where "real" is the stop-grad multi-step mode with
+       CFG and "fake" a separate score network trained online on the few-step samples
+       (mf.train.dmd).
+     loss = L_fm + 2/3 L_shortcut + 1/3 L_dmd; the fake-score network has its own AdamW step.
+
+Choices the paper leaves open, and ours (also in assets/MODEL_CARD.md):
+- Chunk length: 4 video frames (160 ms) = 16 mel frames (the `tiny` preset; mf.configs).
+- History length: h ~ U{0 .. max_history} per iteration (same h for the batch so the cache is
+  one tensor). Flexible lengths are the point of the method; h = 0 keeps the first chunk (no
+  history, only the reference-frame prefix) trained as often as any other.
+- History rollout carries no gradient (as the brief reads the paper), and the KV cache is written
+  under no_grad: gradients only reach the current chunk's forward passes. This keeps memory flat
+  in h and is what makes flexible lengths cheap.
+- Reference-frame prefix in stage 3: computed under no_grad together with the cache (it is part of
+  the context, like the history); the prefix pathway keeps training in stages 1-2, where teacher
+  forcing computes it with gradient.
+- Rollout step count: 4 (the shipped few-step setting); `--rollout-steps` changes it.
+- ShortCut target: Euler integration of the d = 0 mode with ceil(16 d) substeps (4 for d = 1/4),
+  step sizes d in {1/4, 1/8} (the 4- and 8-step modes the product uses), t on d's grid.
+- DMD: few-step sample with 4 jumps, gradient through the last jump only (Self-Forcing's
+  "gradient at the exit step", with the exit fixed at the end because the shortcut mode is only
+  trained for the grid's jump sizes); re-noise t' ~ U[0.02, 0.98]; CFG 2.0 on the real score;
+  DMD2 per-sample normalisation. The unconditional CFG branch drops the script of the current
+  chunk only and shares the conditional branch's history cache (saves h cache writes; at
+  inference the unconditional branch also drops the history's script).
+- Fake score: initialised from the stage-2 weights (so it starts equal to the real score and DMD
+  starts at zero gradient), updated once per generator step with AdamW at the generator's lr,
+  its own KV cache written from the same generated history.
+- Weights of the three losses: flow matching 1, ShortCut 2/3, DMD 1/3 (reviews of the paper).
+- EMA 0.99 of the generator is what ships.
+
+Baselines (same stage-2 initialisation, same budget, same code path):
+- C  "ShortCut with teacher forcing": history = the REAL previous chunks written into the cache
+     (no rollout), losses FM + ShortCut, no DMD.
+- E  "Self-Forcing-style DMD": history = few-step self-rollout, loss = DMD only, real score from
+     a FROZEN copy of the stage-2 model (multi-step mode, CFG), i.e. an external teacher.
+- B  is the stage-2 model itself sampled at few steps: no training (mf.train.stages).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from mf.constants import MELS_PER_FRAME
+from mf.train.dmd import cfg_combine, dmd_generator_loss, fake_score_loss
+from mf.train.flow_matching import (Pair, cached, conditions, drop_text, pair_mse, randn_pair,
+                                    sample_t, noised_pair, TEXT_DROP_P)
+from mf.train.latents import LatentBatch
+from mf.train.shortcut import shortcut_distillation_loss
+
+
+@dataclass(frozen=True)
+class MutualForcingConfig:
+    history: str = "generated"        # "generated" (Mutual Forcing, E) or "real" (baseline C)
+    max_history: int = 3              # h ~ U{0..max_history} chunks of history per iteration
+    rollout_steps: int = 4            # few-step sampler steps for the history rollout
+    dmd_steps: int = 4                # few-step jumps of the DMD sample
+    w_fm: float = 1.0
+    w_shortcut: float = 2.0 / 3.0
+    w_dmd: float = 1.0 / 3.0
+    shortcut_step_sizes: tuple = (0.25, 0.125)
+    ode_steps: int = 16
+    dmd_cfg: float = 2.0
+    text_drop_p: float = TEXT_DROP_P
+
+    def __post_init__(self):
+        if self.history not in ("generated", "real"):
+            raise ValueError(f"history must be 'generated' or 'real', got {self.history!r}")
+        if self.max_history < 0 or self.rollout_steps < 1 or self.dmd_steps < 1:
+            raise ValueError("max_history >= 0, rollout_steps >= 1 and dmd_steps >= 1 are required")
+
+
+MUTUAL = MutualForcingConfig()
+BASELINE_C = MutualForcingConfig(history="real", w_dmd=0.0)
+BASELINE_E = MutualForcingConfig(w_fm=0.0, w_shortcut=0.0, w_dmd=1.0)
+
+
+# ----------------------------------------------------------------------------- KV-cache history
+
+def _chunk_pair(batch: LatentBatch, k: int, fc: int) -> Pair:
+    part = batch.chunks(k, k + 1, fc)
+    return Pair(part.video, part.audio)
+
+
+@torch.no_grad()
+def build_history(model, batch: LatentBatch, cond_full, h: int, gen: torch.Generator, *, fc: int,
+                  mode: str, steps: int, extra_models=()) -> tuple[object, list[object], list[Pair]]:
+    """(a) The first h chunks as history: rolled out by the few-step sampler ("generated"), or the
+    real chunks ("real"). Returns the model's KV cache, one cache per extra model (the fake
+    score / frozen teacher, written from the SAME history chunks), and the history chunks."""
+    from mf.sampler import make_schedule, sample_chunk
+
+    schedule = make_schedule(steps, mode="few")
+    cache = model.new_cache(cond_full)
+    extra_caches = [m.new_cache(cond_full) for m in extra_models]
+    chunks: list[Pair] = []
+    for k in range(h):
+        cond_k = cond_full.chunk_slice(k, 1, fc)
+        if mode == "generated":
+            like = _chunk_pair(batch, k, fc)
+            noise = randn_pair(like, gen)
+            out = sample_chunk(model, cache, cond_k, noise.video, noise.audio, schedule, write="now")
+            x = Pair(out.video, out.audio)
+        else:
+            x = _chunk_pair(batch, k, fc)
+            model.write_cache(x.video, x.audio, cond_k, cache)
+        for m, c in zip(extra_models, extra_caches):
+            m.write_cache(x.video, x.audio, cond_k, c)
+        chunks.append(x)
+    return cache, extra_caches, chunks
+
+
+def few_step_sample_with_last_grad(model, cond, cache, gen: torch.Generator, *, like: Pair, fc: int,
+                                   steps: int) -> Pair:
+    """Few-step sample of one chunk from noise; only the last jump carries gradient. Same schedule
+    (mf.sampler.make_schedule, few-step mode) and update as the sampler."""
+    from mf.sampler import make_schedule
+
+    schedule = make_schedule(steps, mode="few")
+    B = like.video.shape[0]
+    device = like.video.device
+    x = randn_pair(like, gen)
+    for i in range(schedule.steps):
+        t = torch.full((B, 1), schedule.times[i], device=device)
+        d = torch.full((B, 1), schedule.model_d[i], device=device)
+        jump = torch.full((B, 1), schedule.step_sizes[i], device=device)
+        with torch.set_grad_enabled(i == schedule.steps - 1 and torch.is_grad_enabled()):
+            x = x.step(cached(model, x, t, d, cond, cache), jump, fc)
+    return x
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+def make_fake_score(model):
+    """The DMD fake-score network: a trainable copy of the (stage-2) generator."""
+    fake = copy.deepcopy(model)
+    fake.requires_grad_(True)
+    return fake
+
+
+def make_frozen_teacher(model):
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def mutual_forcing_losses(model, batch: LatentBatch, gen: torch.Generator, *, fc: int,
+                          cfg: MutualForcingConfig = MUTUAL, fake=None, teacher=None,
+                          history: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """One iteration's losses. `batch` holds >= max_history + 1 chunks; returns
+    (generator loss, fake-score loss or None, logs). The caller steps the optimisers."""
+    B = batch.batch_size
+    n_avail = batch.n_chunks(fc)
+    h = history if history is not None else int(torch.randint(0, min(cfg.max_history, n_avail - 1) + 1, (1,),
+                                                              generator=gen))
+    if h + 1 > n_avail:
+        raise ValueError(f"history {h} needs {h + 1} chunks, batch has {n_avail}")
+    device = batch.video.device
+    cond_full = conditions(batch)
+    extra = [m for m in (fake, teacher) if m is not None]
+    cache, extra_caches, _ = build_history(model, batch, cond_full, h, gen, fc=fc, mode=cfg.history,
+                                           steps=cfg.rollout_steps, extra_models=extra)
+    fake_cache = extra_caches[0] if fake is not None else None
+    teacher_cache = extra_caches[-1] if teacher is not None else None
+    cond = cond_full.chunk_slice(h, 1, fc)
+    x0 = _chunk_pair(batch, h, fc)
+    logs: dict = {"history": h}
+    total = torch.zeros((), device=device)
+
+    if cfg.w_fm > 0:  # (b) flow matching on the real next chunk, given the history
+        t = sample_t(B, 1, gen).to(device)
+        eps = randn_pair(x0, gen)
+        xt = noised_pair(x0, eps, t, fc)
+        cond_fm = type(cond)(cond.ref_latent, cond.attributes, cond.phone_ids,
+                             drop_text(B, gen, cfg.text_drop_p, device))
+        pred = cached(model, xt, t, torch.zeros_like(t), cond_fm, cache)
+        fm, fm_logs = pair_mse(pred, eps.map(lambda e, x: e - x, x0))
+        total = total + cfg.w_fm * fm
+        logs["fm"] = float(fm.detach())
+
+    if cfg.w_shortcut > 0:  # (c1) stop-grad multi-step ODE -> few-step jump
+        sc, sc_logs = shortcut_distillation_loss(model, x0, cond, cache, gen, frames_per_chunk=fc,
+                                                 step_sizes=cfg.shortcut_step_sizes, ode_steps=cfg.ode_steps)
+        total = total + cfg.w_shortcut * sc
+        logs.update(sc_logs)
+
+    fake_loss = None
+    if cfg.w_dmd > 0:  # (c2) DMD on the few-step sample of the current chunk
+        if fake is None:
+            raise ValueError("the DMD loss needs a fake-score model (make_fake_score)")
+        x_fake = few_step_sample_with_last_grad(model, cond, cache, gen, like=x0, fc=fc, steps=cfg.dmd_steps)
+        real_net, real_cache = (teacher, teacher_cache) if teacher is not None else (model, cache)
+        uncond = cond.with_text_dropped()
+
+        def real_score(xt, t):
+            zero = torch.zeros_like(t)
+            u_c = cached(real_net, xt, t, zero, cond, real_cache)
+            if cfg.dmd_cfg == 1.0:
+                return u_c
+            return cfg_combine(u_c, cached(real_net, xt, t, zero, uncond, real_cache), cfg.dmd_cfg)
+
+        def fake_score(xt, t):
+            return cached(fake, xt, t, torch.zeros_like(t), cond, fake_cache)
+
+        dmd, dmd_logs = dmd_generator_loss(x_fake, real_score, fake_score, gen, frames_per_chunk=fc)
+        total = total + cfg.w_dmd * dmd
+        logs["dmd"] = float(dmd.detach())
+        fake_loss, f_logs = fake_score_loss(fake_score, x_fake, gen, frames_per_chunk=fc)
+        logs.update(f_logs)
+    logs["loss"] = float(total.detach())
+    return total, fake_loss, logs
+
+
+__all__ = ["MutualForcingConfig", "MUTUAL", "BASELINE_C", "BASELINE_E", "build_history",
+           "few_step_sample_with_last_grad", "make_fake_score", "make_frozen_teacher",
+           "mutual_forcing_losses", "MELS_PER_FRAME"]
