@@ -1,0 +1,74 @@
+"""Specification of eval.sync / eval.mouth / eval.syncnet: offsets, flags, errors, SyncNet loading."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from eval.sync import estimate_sync, sync_file
+from eval.syncnet import SyncNet, SyncNetWeightsError, load_syncnet, syncnet_scores
+from mf.media import NoAudioStreamError, read_av, write_mp4
+
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
+
+
+def _shift(audio, k, sr=16000, fps=25):
+    """k > 0: audio leads by k frames (advanced, end padded with silence)."""
+    n = int(round(abs(k) * sr / fps))
+    if k > 0:
+        return np.r_[audio[n:], np.zeros(n, np.float32)]
+    return np.r_[np.zeros(n, np.float32), audio[:-n]] if k < 0 else audio
+
+
+@pytest.mark.parametrize("k", [-3, 0, 4])
+def test_corpus_clip_offset_recovered_exactly(k):
+    from mf.data import render_clip
+    clip = render_clip(1_000_000_000, 8.0, shift_ms=40.0 * k)
+    r = estimate_sync(clip.frames, 25, clip.audio, 16000)
+    assert r.offset_frames == k
+    assert r.offset_ms == pytest.approx(40.0 * k)
+    assert r.localizer in ("haar-face", "motion-fallback", "centre-fallback")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
+def test_real_clip_offset_moves_with_imposed_shift():
+    clip = read_av(os.path.join(REAL, "talk3.mp4"))
+    base = estimate_sync(clip.frames, 25, clip.audio, 16000)
+    for k in (2, -2):
+        r = estimate_sync(clip.frames, 25, _shift(clip.audio, k), 16000)
+        assert abs((r.offset_frames - base.offset_frames) - k) <= 1
+
+
+def test_too_short_clip_is_flagged_and_json_friendly():
+    frames = np.zeros((20, 32, 32, 3), np.uint8)
+    r = estimate_sync(frames, 25, np.zeros(20 * 640, np.float32), 16000)
+    assert r.flag == "too_short"
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["confidence"] is None and len(d["curve"]) == 31
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        estimate_sync(np.zeros((60, 8, 8, 3), np.float32), 25, np.zeros(1000, np.float32), 16000)
+    silent_video = write_mp4(str(tmp_path / "noaudio.mp4"), np.zeros((10, 16, 16, 3), np.uint8))
+    with pytest.raises(NoAudioStreamError, match="noaudio.mp4"):
+        sync_file(silent_video)
+
+
+def test_syncnet_loads_strictly_and_scores(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    path = str(tmp_path / "syncnet_v2.model")
+    torch.save(SyncNet().state_dict(), path)
+    net = load_syncnet(path)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8)
+    out = syncnet_scores(frames, 25, rng.standard_normal(12 * 640).astype(np.float32) * 0.1, 16000, net=net, vshift=3)
+    assert out["curve"].shape == (7,) and out["lse_c"] >= 0 and -3 <= out["offset_frames"] <= 3
+    bad = str(tmp_path / "bad.model")
+    torch.save({"netcnnaud.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(SyncNetWeightsError, match="not SyncNet v2 weights"):
+        load_syncnet(bad)
+    monkeypatch.delenv("SYNCNET_WEIGHTS", raising=False)
+    with pytest.raises(SyncNetWeightsError, match="SYNCNET_WEIGHTS"):
+        load_syncnet(None)
