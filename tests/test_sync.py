@@ -72,3 +72,35 @@ def test_syncnet_loads_strictly_and_scores(tmp_path, monkeypatch):
     monkeypatch.delenv("SYNCNET_WEIGHTS", raising=False)
     with pytest.raises(SyncNetWeightsError, match="SYNCNET_WEIGHTS"):
         load_syncnet(None)
+
+
+@pytest.mark.slow
+def test_bar_corpus_offsets_recovered_exactly_for_95_percent_of_shifts():
+    """Issue bar: 8 s corpus clips shifted by every k in -10..+10 frames, >= 95% exact."""
+    from mf.constants import HELDOUT_SEED_START
+    from mf.data import render_clip
+    results = []
+    for seed in range(HELDOUT_SEED_START + 10, HELDOUT_SEED_START + 15):
+        for k in range(-10, 11):
+            clip = render_clip(seed, 8.0, shift_ms=40.0 * k)
+            results.append(estimate_sync(clip.frames, 25, clip.audio, 16000).offset_frames == k)
+    assert np.mean(results) >= 0.95, f"exact for {np.mean(results):.1%} of {len(results)} clips"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
+def test_bar_real_clips_follow_imposed_shifts_and_foreign_audio_lowers_confidence():
+    clips = {n: read_av(os.path.join(REAL, f"{n}.mp4")) for n in ("talk1", "talk2", "talk3")}
+    for name, clip in clips.items():
+        base = estimate_sync(clip.frames, 25, clip.audio, 16000)
+        for k in (2, -2, 4, -4):
+            r = estimate_sync(clip.frames, 25, _shift(clip.audio, k), 16000)
+            assert abs((r.offset_frames - base.offset_frames) - k) <= 1, (name, k, r.offset_frames, base.offset_frames)
+        for other, oclip in clips.items():
+            if other == name:
+                continue
+            n = min(len(clip.audio), len(oclip.audio))
+            audio = np.zeros_like(clip.audio)
+            audio[:n] = oclip.audio[:n]
+            foreign = estimate_sync(clip.frames, 25, audio, 16000)
+            assert foreign.confidence < base.confidence, (name, other, foreign.confidence, base.confidence)
