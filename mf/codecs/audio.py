@@ -11,7 +11,6 @@ frames returns exactly F * HOP samples.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from mf.codecs.vocoder import MelVocoder, griffin_lim
 from mf.constants import HOP, MELS_PER_FRAME, SAMPLE_RATE
 
-CODEC_FILE = "codec.json"
+from mf.codecs.meta import CODEC_FILE, read_codec_meta, write_codec_meta  # noqa: F401
 LOG_FLOOR = 1e-5  # magnitude floor before the log: about -100 dB, below any audible corpus content
 
 AUDIO_PRESETS: dict[str, dict] = {
@@ -102,19 +101,13 @@ class AudioCodec:
                     frames_per_video_frame=self.frames_per_video_frame, log_floor=LOG_FLOOR,
                     mel_mean=[round(float(v), 6) for v in self.mel_mean],
                     mel_std=[round(float(v), 6) for v in self.mel_std], reference=self.reference)
-        (directory / CODEC_FILE).write_text(json.dumps(meta, indent=1))
+        write_codec_meta(directory, meta)
         return str(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "AudioCodec":
         directory = Path(directory)
-        meta_path = directory / CODEC_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"audio codec folder {str(directory)!r} has no {CODEC_FILE}; "
-                                    "train it with `python -m mf.train codecs --preset tiny`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("kind") != "audio":
-            raise ValueError(f"{meta_path}: not an audio codec (kind={meta.get('kind')!r})")
+        meta = read_codec_meta(directory, "audio")
         vocoder = MelVocoder.from_pretrained(directory, local_files_only=True)
         return cls(vocoder, n_mels=meta["n_mels"], n_fft=meta["n_fft"], win_length=meta["win_length"],
                    mel_mean=np.asarray(meta["mel_mean"]), mel_std=np.asarray(meta["mel_std"]),

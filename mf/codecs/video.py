@@ -12,7 +12,6 @@ one latent frame per video frame keeps chunk boundaries and audio alignment triv
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from diffusers import AutoencoderTiny
 from diffusers.utils import logging as diffusers_logging
 
-CODEC_FILE = "codec.json"
+from mf.codecs.meta import CODEC_FILE, read_codec_meta, write_codec_meta  # noqa: F401
 
 VIDEO_PRESETS: dict[str, dict] = {
     # Tests only: trains a few steps in well under a second.
@@ -75,19 +74,13 @@ class VideoCodec:
                     latent_channels=self.latent_channels, latent_size=self.latent_size,
                     latent_mean=[round(float(v), 6) for v in self.latent_mean],
                     latent_std=[round(float(v), 6) for v in self.latent_std], reference=self.reference)
-        (directory / CODEC_FILE).write_text(json.dumps(meta, indent=1))
+        write_codec_meta(directory, meta)
         return str(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "VideoCodec":
         directory = Path(directory)
-        meta_path = directory / CODEC_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"video codec folder {str(directory)!r} has no {CODEC_FILE}; "
-                                    "train it with `python -m mf.train codecs --preset tiny`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("kind") != "video":
-            raise ValueError(f"{meta_path}: not a video codec (kind={meta.get('kind')!r})")
+        meta = read_codec_meta(directory, "video")
         # AutoencoderTiny saves a `block_out_channels` alias it then warns about on load: silence it.
         previous = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()
