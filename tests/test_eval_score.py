@@ -208,9 +208,7 @@ def test_inception_path_runs_with_a_weights_file(mixed_sets, tmp_path):
     assert math.isfinite(s["fid"]) and s["fid_note"] == ""
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 4 bar not met yet: measured 807 s on the shared 2-core box "
-                   "(Inception features 555 s, sync 110 s) on 2026-11-22")
+@pytest.mark.slow  # measured 93 s on an idle 2-core box (was 807 s before the fixes of 2026-11-22)
 def test_fifty_five_second_clips_all_metrics_within_three_minutes(tmp_path):
     gen, ref = tmp_path / "g", tmp_path / "r"
     gen.mkdir(), ref.mkdir()

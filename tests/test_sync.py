@@ -40,6 +40,20 @@ def test_real_clip_offset_moves_with_imposed_shift():
         assert abs((r.offset_frames - base.offset_frames) - k) <= 1
 
 
+def test_face_detection_stops_after_the_probe_on_cartoons_but_tracks_real_faces():
+    from eval.mouth import PROBE_DETECTIONS, detect_faces, locate_mouth
+    from mf.data import render_clip
+    cartoon = render_clip(1_000_000_001, 4.0).frames
+    idx, boxes, tried = detect_faces(cartoon)
+    assert len(idx) == 0 and tried == PROBE_DETECTIONS  # no face in the probe: no more cascade runs
+    assert locate_mouth(cartoon).localizer == "motion-fallback"
+    if os.path.exists(os.path.join(REAL, "talk1.mp4")):
+        real = read_av(os.path.join(REAL, "talk1.mp4")).frames
+        idx, boxes, tried = detect_faces(real)
+        assert tried > PROBE_DETECTIONS and len(idx) >= 0.3 * tried and np.all(np.diff(idx) > 0)
+        assert locate_mouth(real).localizer == "haar-face"
+
+
 def test_too_short_clip_is_flagged_and_json_friendly():
     frames = np.zeros((20, 32, 32, 3), np.uint8)
     r = estimate_sync(frames, 25, np.zeros(20 * 640, np.float32), 16000)

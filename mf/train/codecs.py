@@ -377,7 +377,8 @@ def train_in_parallel(args, out: Path, run_dir: Path, n_eval: int) -> int:
             cmd += ["--init", args.init]
         if args.decoder_only:
             cmd += ["--decoder-only"]
-        for flag, value in (("--video-lr", args.video_lr), ("--audio-lr", args.audio_lr)):
+        for flag, value in (("--video-lr", args.video_lr), ("--audio-lr", args.audio_lr),
+                            ("--video-steps", args.video_steps), ("--audio-steps", args.audio_steps)):
             if value is not None:
                 cmd += [flag, str(value)]
         log_path = run_dir / f"{part}.log"
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train video then audio in this process instead of two parallel 1-thread processes")
     ap.add_argument("--video-lr", type=float, default=None, help="peak learning rate (default: preset)")
     ap.add_argument("--audio-lr", type=float, default=None, help="peak learning rate (default: preset)")
+    ap.add_argument("--video-steps", type=int, default=None, help="optimizer steps (default: preset)")
+    ap.add_argument("--audio-steps", type=int, default=None, help="optimizer steps (default: preset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
@@ -481,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                    clip_seconds=preset["clip_seconds"], threads=torch.get_num_threads())
     if "video" in parts:
         t0 = time.perf_counter()
-        losses = train_video_codec(video, frames, steps=preset["video_steps"], batch_size=preset["video_batch"],
+        losses = train_video_codec(video, frames, steps=args.video_steps or preset["video_steps"], batch_size=preset["video_batch"],
                                    lr=args.video_lr or preset["video_lr"], seed=args.seed, max_minutes=max_minutes,
                                    log_path=run_dir / "video_loss.csv", decoder_only=args.decoder_only,
                                    crop_fraction=preset["crop_fraction"])
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if not args.init:  # the mel normalisation defines the audio latent space: keep it when continuing
             audio.fit_normalisation(waves)
-        losses = train_audio_codec(audio, waves, steps=preset["audio_steps"], batch_size=preset["audio_batch"],
+        losses = train_audio_codec(audio, waves, steps=args.audio_steps or preset["audio_steps"], batch_size=preset["audio_batch"],
                                    segment_frames=preset["audio_segment_frames"], lr=args.audio_lr or preset["audio_lr"],
                                    seed=args.seed, max_minutes=max_minutes, log_path=run_dir / "audio_loss.csv")
         summary.update(audio_steps=len(losses), audio_train_s=round(time.perf_counter() - t0, 1),
