@@ -24,6 +24,14 @@ Method of the weight-free estimator
    neither is delayed) and the Pearson correlation is computed over the overlapping frames for every
    lag k in [-max_shift, max_shift]: curve[k] = corr(audio[n], mouth[n + k]); a peak at k > 0 means
    the audio at frame n matches the mouth at the later frame n + k, i.e. audio leads.
+   Onset term: when the mouth was found by motion (rendered characters, whose mouth signal has no
+   tracking jitter), the curve is (1 - ONSET_WEIGHT) x that correlation + ONSET_WEIGHT x the same
+   correlation of the frame-to-frame differences of both signals, which pins syllable onsets to the
+   frame. The plain correlation has a broad peak, and characters whose mouth opening trails the
+   loudness by ~half a frame tied between lags k and k+1: over 30 held-out corpus seeds x 21 shifts
+   the onset term took exact recovery from 96.2% to 100%. Haar-tracked (real) faces do not get it:
+   there frame differences are dominated by box jitter and compression noise (measured on the three
+   real clips: it moved 2 of 12 imposed shifts by 2-3 frames).
 4. offset = argmax of the curve (positive correlation only: an anti-correlated peak is not sync).
    confidence = peak - median of the curve, in correlation units (the analogue of SyncNet's LSE-C,
    "median minus min distance"): measured 0.30-0.35 for the in-sync 5 s real clips and 0.5-0.7 on 8 s
@@ -54,6 +62,7 @@ MIN_OVERLAP = 8  # frames of overlap needed at the largest lag before a curve is
 LOW_CONFIDENCE = 0.15  # below this peak-minus-median the offset is flagged "low_confidence"
 SPEECH_BAND_HZ = (300.0, 3000.0)
 SYLLABLE_BAND_HZ = (1.0, 8.0)
+ONSET_WEIGHT = 0.3  # share of the frame-difference correlation for motion-located mouths (step 3)
 FLAGS = ("too_short", "silent_audio", "static_video", "low_confidence")
 
 
@@ -211,7 +220,12 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     if silent or static:
         flag = "too_short" if t / fps < MIN_SECONDS else ("silent_audio" if silent else "static_video")
         return SyncResult(0, 0.0, float("nan"), flag, nan_curve, **base, peak_corr=float("nan"))
-    curve = lagged_correlation(_bandpass(env, fps), _bandpass(mouth, fps), max_shift)
+    env_bp, mouth_bp = _bandpass(env, fps), _bandpass(mouth, fps)
+    curve = lagged_correlation(env_bp, mouth_bp, max_shift)
+    if track.localizer != "haar-face":
+        # Onset term (see the module docstring, step 4): motion-located mouths of rendered characters.
+        onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift)
+        curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
     best = int(np.argmax(curve))
     offset = best - max_shift
     confidence = float(curve[best] - np.median(curve))
