@@ -1,6 +1,7 @@
 """The Mutual Forcing network: a dual-tower, block-causal audio-video flow transformer with a KV cache.
 
-Owns ``MFTransformer`` (diffusers ``ModelMixin`` + ``ConfigMixin``) and ``KVCache``.
+Owns ``MFTransformer`` (diffusers ``ModelMixin`` + ``ConfigMixin``); its cache is ``mf.kv_cache.KVCache``
+and its blocks live in ``mf.layers``.
 
 Structure
 - Two towers. The video tower owns the patch embedding (2x2 patches of the [C, 8, 8] latent -> 16
@@ -42,10 +43,7 @@ Paths
 
 from __future__ import annotations
 
-import math
 import threading
-from collections import deque
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -58,179 +56,18 @@ from mf.configs import ModelConfig, get_preset
 from mf.constants import MELS_PER_FRAME
 from mf.data.characters import CHARACTER_ATTR_DIM
 from mf.data.phonemes import N_PHONEMES
+from mf.kv_cache import PREFIX_CHUNK, KVCache  # noqa: F401  (KVCache: re-exported, part of this API)
+from mf.layers import _apply_rope, _Block, _Layout, _ScalarEmbed
 
 # Token groups for the attention rule.
 GROUP_HISTORY = 1   # clean chunks (cache or teacher forcing) and causal inputs: visible to later chunks
 GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their own chunk
-PREFIX_CHUNK = -(10**9)  # chunk id of prefix keys (always visible)
 # On CPU, up to this many query tokens attention runs as explicit matmuls (faster than SDPA for one
 # tiny-preset chunk, 72 queries: 14 vs 15 ms a step); longer passes (the fused write + step, 144 queries:
 # 26 vs 34 ms, whose score matrix no longer fits in L2; teacher forcing in training) and all GPU passes
 # use the fused SDPA kernel (measured on the 2-core CPU, 1 thread).
 MANUAL_ATTENTION_MAX_QUERIES = 100
 _MEMO_LOCK = threading.Lock()
-
-
-def _sinusoid_freqs(dim: int) -> torch.Tensor:
-    half = dim // 2
-    return torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
-
-
-class _ScalarEmbed(nn.Module):
-    """Sinusoidal features of a scalar in [0, 1] (flow time or step size, x1000) -> MLP -> [..., dim]."""
-
-    def __init__(self, dim: int, freq_dim: int = 128):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.register_buffer("freqs", _sinusoid_freqs(freq_dim), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ang = (x.float() * 1000.0)[..., None] * self.freqs
-        feats = torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
-        return self.mlp(feats.to(self.mlp[0].weight.dtype))
-
-
-def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): multiplication by i on interleaved pairs."""
-    x = x.unflatten(-1, (-1, 2))
-    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_pairs(x) * sin
-
-
-@dataclass
-class _Layout:
-    """Per-token bookkeeping of one pass: segments (chunks) in order, video tokens first then audio."""
-
-    chunks: list[int]           # absolute chunk index of each segment
-    groups: list[int]           # GROUP_* of each segment
-    cos: torch.Tensor           # [N, hd] rotary cos (time + space)
-    sin: torch.Tensor
-    cos_sp: torch.Tensor        # [N, hd] rotary cos (space only; time rotation zero)
-    sin_sp: torch.Tensor
-    token_chunk: torch.Tensor   # [N] chunk id per token
-    token_group: torch.Tensor   # [N] group per token
-    token_seg: torch.Tensor     # [N] segment index per token
-
-
-@dataclass
-class KVCache:
-    """Keys/values of the prefix (never evicted) and of the last ``window`` finished chunks, per layer.
-
-    Memory is constant once ``window`` chunks were written: the oldest chunk is dropped on write.
-    ``context(layer)`` returns (prefix_k, prefix_v, history_k, history_v) for the next chunk: prefix keys
-    carry only the spatial rotation, history keys the full one (history None before the first write).
-    Tensors are never modified in place, so ``clone()`` is cheap and safe.
-    """
-
-    window: int
-    prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    chunks: deque = field(default_factory=deque)   # (chunk_index, [(k, v) per layer])
-    next_chunk: int = 0
-    _ctx: list[tuple] = field(default_factory=list)
-    _ctx_chunk: torch.Tensor | None = None
-
-    def _rebuild(self) -> None:
-        self._ctx = []
-        for layer, (pk, pv) in enumerate(self.prefix):
-            if self.chunks:
-                hk = torch.cat([entry[1][layer][0] for entry in self.chunks], dim=2)
-                hv = torch.cat([entry[1][layer][1] for entry in self.chunks], dim=2)
-            else:
-                hk = hv = None
-            self._ctx.append((pk, pv, hk, hv))
-        device = self.prefix[0][0].device
-        ids = [torch.full((self.prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=device)]
-        for index, kv in self.chunks:
-            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
-        self._ctx_chunk = torch.cat(ids)
-
-    def set_prefix(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.prefix = kvs
-        self._rebuild()
-
-    def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        if chunk_index != self.next_chunk:
-            raise ValueError(f"cache expects chunk {self.next_chunk}, got {chunk_index}")
-        self.chunks.append((chunk_index, kvs))
-        while len(self.chunks) > self.window:
-            self.chunks.popleft()
-        self.next_chunk = chunk_index + 1
-        self._rebuild()
-
-    def clone(self) -> "KVCache":
-        """A copy that can be written to without touching this cache (tensors are shared, never mutated)."""
-        return KVCache(self.window, list(self.prefix), deque(self.chunks), self.next_chunk, list(self._ctx),
-                       self._ctx_chunk)
-
-    def context(self, layer: int) -> tuple:
-        return self._ctx[layer]
-
-    @property
-    def context_key(self) -> tuple:
-        """Hashable description of what the cache holds (for memoised attention masks)."""
-        return (int(self.prefix[0][0].shape[2]),) + tuple(index for index, _ in self.chunks)
-
-    @property
-    def context_chunk_ids(self) -> torch.Tensor:
-        return self._ctx_chunk
-
-    @property
-    def n_cached_chunks(self) -> int:
-        return len(self.chunks)
-
-    def num_bytes(self) -> int:
-        total = 0
-        for k, v in self.prefix:
-            total += k.numel() * k.element_size() + v.numel() * v.element_size()
-        for _, kvs in self.chunks:
-            for k, v in kvs:
-                total += k.numel() * k.element_size() + v.numel() * v.element_size()
-        return total
-
-
-class _Tower(nn.Module):
-    """One modality's half of a block: norms, qkv/out projections, qk-norm and MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.out = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
-        # Per-block offset added to the shared adaLN modulation (zero: the block starts as identity).
-        self.mod_table = nn.Parameter(torch.zeros(6, dim))
-
-    def qkv_heads(self, x: torch.Tensor, mod: torch.Tensor):
-        """x [B, S, T, D], mod [B, S, 6, D] -> q, k, v each [B, S*T, H, hd]."""
-        shift, scale = mod[:, :, 0:1], mod[:, :, 1:2]
-        h = self.norm1(x) * (1 + scale) + shift
-        b, s, t, d = h.shape
-        q, k, v = self.qkv(h).view(b, s * t, 3, self.heads, d // self.heads).unbind(2)
-        return self.q_norm(q), self.k_norm(k), v
-
-    def finish(self, x: torch.Tensor, attn: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """Residual attention output and MLP. x [B, S, T, D], attn [B, S*T, D]."""
-        gate1, shift2, scale2, gate2 = mod[:, :, 2:3], mod[:, :, 3:4], mod[:, :, 4:5], mod[:, :, 5:6]
-        x = x + gate1 * self.out(attn).view_as(x)
-        h = self.norm2(x) * (1 + scale2) + shift2
-        return x + gate2 * self.mlp(h)
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.video = _Tower(dim, heads, mlp_ratio)
-        self.audio = _Tower(dim, heads, mlp_ratio)
-        self.heads = heads
 
 
 class MFTransformer(ModelMixin, ConfigMixin):

@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 
 from mf.conditions import Conditions
-from mf.model import KVCache, MFTransformer
+from mf.kv_cache import KVCache
+from mf.model import MFTransformer
 
 FEW_STEP_MAX = 16  # steps <= this use the few-step (shortcut) mode unless mode= says otherwise
 MODES = ("few", "multi")

@@ -1,0 +1,91 @@
+"""The rolling key/value cache of streaming generation: ``KVCache``.
+
+Owns what a chunk attends to at inference: the reference-frame prefix (never evicted) and the last
+``window`` finished chunks, per layer, plus the chunk id of every cached key (for the attention rule
+of ``mf.model``). Memory is constant once the window is full.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+PREFIX_CHUNK = -(10**9)  # chunk id of prefix keys (always visible)
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the prefix (never evicted) and of the last ``window`` finished chunks, per layer.
+
+    Memory is constant once ``window`` chunks were written: the oldest chunk is dropped on write.
+    ``context(layer)`` returns (prefix_k, prefix_v, history_k, history_v) for the next chunk: prefix keys
+    carry only the spatial rotation, history keys the full one (history None before the first write).
+    Tensors are never modified in place, so ``clone()`` is cheap and safe.
+    """
+
+    window: int
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    chunks: deque = field(default_factory=deque)   # (chunk_index, [(k, v) per layer])
+    next_chunk: int = 0
+    _ctx: list[tuple] = field(default_factory=list)
+    _ctx_chunk: torch.Tensor | None = None
+
+    def _rebuild(self) -> None:
+        self._ctx = []
+        for layer, (pk, pv) in enumerate(self.prefix):
+            if self.chunks:
+                hk = torch.cat([entry[1][layer][0] for entry in self.chunks], dim=2)
+                hv = torch.cat([entry[1][layer][1] for entry in self.chunks], dim=2)
+            else:
+                hk = hv = None
+            self._ctx.append((pk, pv, hk, hv))
+        device = self.prefix[0][0].device
+        ids = [torch.full((self.prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=device)]
+        for index, kv in self.chunks:
+            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
+        self._ctx_chunk = torch.cat(ids)
+
+    def set_prefix(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.prefix = kvs
+        self._rebuild()
+
+    def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if chunk_index != self.next_chunk:
+            raise ValueError(f"cache expects chunk {self.next_chunk}, got {chunk_index}")
+        self.chunks.append((chunk_index, kvs))
+        while len(self.chunks) > self.window:
+            self.chunks.popleft()
+        self.next_chunk = chunk_index + 1
+        self._rebuild()
+
+    def clone(self) -> "KVCache":
+        """A copy that can be written to without touching this cache (tensors are shared, never mutated)."""
+        return KVCache(self.window, list(self.prefix), deque(self.chunks), self.next_chunk, list(self._ctx),
+                       self._ctx_chunk)
+
+    def context(self, layer: int) -> tuple:
+        return self._ctx[layer]
+
+    @property
+    def context_key(self) -> tuple:
+        """Hashable description of what the cache holds (for memoised attention masks)."""
+        return (int(self.prefix[0][0].shape[2]),) + tuple(index for index, _ in self.chunks)
+
+    @property
+    def context_chunk_ids(self) -> torch.Tensor:
+        return self._ctx_chunk
+
+    @property
+    def n_cached_chunks(self) -> int:
+        return len(self.chunks)
+
+    def num_bytes(self) -> int:
+        total = 0
+        for k, v in self.prefix:
+            total += k.numel() * k.element_size() + v.numel() * v.element_size()
+        for _, kvs in self.chunks:
+            for k, v in kvs:
+                total += k.numel() * k.element_size() + v.numel() * v.element_size()
+        return total
