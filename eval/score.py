@@ -51,7 +51,7 @@ MAX_CLIP_SECONDS = 60.0  # decode cap per file (memory: frames are held at full 
 MAX_FRAMES_PER_CLIP = 16
 WHOLE_CLIP_SLACK = 0.1  # seconds
 FRAME_BUDGET_PER_SET = 200
-CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_flag",
+CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_prominence", "sync_flag",
              "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
 # Per-clip numbers that get per-window versions and medians/means in the summary.
 WINDOW_KEYS = ("sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "estoi")
@@ -162,7 +162,8 @@ def _sync_fields(estimate_sync, frames, audio):
     measured = math.isfinite(float(res.confidence))  # no curve (too short / silent / static): no offset
     return {"sync_offset_frames": int(res.offset_frames) if measured else math.nan,
             "sync_offset_ms": float(res.offset_ms) if measured else math.nan,
-            "sync_confidence": float(res.confidence), "sync_flag": res.flag or ""}
+            "sync_confidence": float(res.confidence), "sync_prominence": float(res.prominence),
+            "sync_flag": res.flag or ""}
 
 
 @contextmanager

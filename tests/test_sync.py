@@ -59,7 +59,16 @@ def test_too_short_clip_is_flagged_and_json_friendly():
     r = estimate_sync(frames, 25, np.zeros(20 * 640, np.float32), 16000)
     assert r.flag == "too_short"
     d = json.loads(json.dumps(r.to_dict()))
-    assert d["confidence"] is None and len(d["curve"]) == 31
+    assert d["confidence"] is None and d["prominence"] is None and len(d["curve"]) == 31
+
+
+def test_prominence_is_how_far_the_peak_stands_above_rival_lags():
+    from eval.sync import peak_prominence
+    curve = np.zeros(31)
+    curve[15], curve[16], curve[25] = 0.6, 0.55, 0.4  # a neighbour of the peak is not a rival
+    assert peak_prominence(curve) == pytest.approx(0.2)
+    curve[5] = 0.6  # an equal peak far away: nothing stands out
+    assert peak_prominence(curve) == 0.0
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -118,3 +127,5 @@ def test_bar_real_clips_follow_imposed_shifts_and_foreign_audio_lowers_confidenc
             audio[:n] = oclip.audio[:n]
             foreign = estimate_sync(clip.frames, 25, audio, 16000)
             assert foreign.confidence < base.confidence, (name, other, foreign.confidence, base.confidence)
+            # "clearly lower": the peak of foreign audio does not stand out (measured <= 0.62 x)
+            assert foreign.prominence <= 0.7 * base.prominence, (name, other, foreign.prominence, base.prominence)
