@@ -90,7 +90,8 @@ def detect_faces(frames: np.ndarray, max_detections: int = MAX_DETECTIONS) -> tu
     """Run the Haar cascade on evenly spaced frames.
 
     Returns (frame indices with a kept face, their boxes float [n, 4] as x, y, w, h in frame pixels,
-    number of frames tried: PROBE_DETECTIONS when the probe found no face, else all sampled). Detections far from the median face are dropped as false positives.
+    number of frames tried: PROBE_DETECTIONS when the probe found no face, else all sampled).
+    Detections far from the median face are dropped as false positives.
     """
     frames = _check_frames(frames)
     t, h, w = frames.shape[:3]
@@ -101,7 +102,8 @@ def detect_faces(frames: np.ndarray, max_detections: int = MAX_DETECTIONS) -> tu
     # Probe a few evenly spaced frames first: when none of them shows a face (a cartoon character,
     # a profile view) the clip will take the motion fallback anyway, and the other detections would
     # cost ~20 ms each for nothing (most of the sync time on corpus clips).
-    probe = sampled[np.unique(np.linspace(0, len(sampled) - 1, min(len(sampled), PROBE_DETECTIONS)).round().astype(int))]
+    n_probe = min(len(sampled), PROBE_DETECTIONS)
+    probe = sampled[np.unique(np.linspace(0, len(sampled) - 1, n_probe).round().astype(int))]
     order = np.concatenate([probe, np.setdiff1d(sampled, probe)])
     idx, boxes = [], []
     for n_tried, i in enumerate(order):

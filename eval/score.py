@@ -51,8 +51,8 @@ MAX_CLIP_SECONDS = 60.0  # decode cap per file (memory: frames are held at full 
 MAX_FRAMES_PER_CLIP = 16
 WHOLE_CLIP_SLACK = 0.1  # seconds
 FRAME_BUDGET_PER_SET = 200
-CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_prominence", "sync_flag",
-             "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
+CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_prominence",
+             "sync_flag", "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
 # Per-clip numbers that get per-window versions and medians/means in the summary.
 WINDOW_KEYS = ("sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "estoi")
 

@@ -232,7 +232,7 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     env_bp, mouth_bp = _bandpass(env, fps), _bandpass(mouth, fps)
     curve = lagged_correlation(env_bp, mouth_bp, max_shift)
     if track.localizer != "haar-face":
-        # Onset term (see the module docstring, step 4): motion-located mouths of rendered characters.
+        # Onset term (see the module docstring, step 3): motion-located mouths of rendered characters.
         onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift)
         curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
     best = int(np.argmax(curve))

@@ -100,6 +100,17 @@ class Progress:
         by_time = 0.0 if self.budget_s is None else self.elapsed / self.budget_s
         return max(step / self.steps, by_time)
 
+    def begin_step(self, step: int, opt: torch.optim.Optimizer, peak_lr: float, tag: str) -> float | None:
+        """Progress of ``step`` with the optimizer's LR set for it; None (and a log line) once capped."""
+        done = self(step)
+        if done >= 1.0:  # only the time budget can get here: step < steps inside the loop
+            print(f"[codecs/{tag}] wall-clock cap {self.budget_s / 60.0:g} min reached at step {step}/{self.steps}",
+                  flush=True)
+            return None
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, done, peak_lr, warmup=min(50, max(1, self.steps // 10)))
+        return done
+
 
 class CsvLog:
     def __init__(self, path: Path | None, fields: list[str]):
@@ -145,12 +156,9 @@ def train_video_codec(codec: VideoCodec, frames: np.ndarray, *, steps: int, batc
     log = CsvLog(log_path, ["step", "elapsed_s", "lr", "loss", "psnr_db", "crop"])
     losses, progress = [], Progress(steps, max_minutes)
     for step in range(steps):
-        done = progress(step)
-        if done >= 1.0:
-            print(f"[codecs/video] wall-clock cap {max_minutes} min reached at step {step}/{steps}", flush=True)
+        done = progress.begin_step(step, opt, lr, "video")
+        if done is None:
             break
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, done, lr, warmup=min(50, max(1, steps // 10)))
         idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen)
         pixels = pool[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         crop = done < crop_fraction and size >= 4 * grid
@@ -244,12 +252,9 @@ def train_audio_codec(codec: AudioCodec, waves: list[np.ndarray], *, steps: int,
     log = CsvLog(log_path, ["step", "elapsed_s", "lr", "loss"])
     losses, progress = [], Progress(steps, max_minutes)
     for step in range(steps):
-        done = progress(step)
-        if done >= 1.0:
-            print(f"[codecs/audio] wall-clock cap {max_minutes} min reached at step {step}/{steps}", flush=True)
+        done = progress.begin_step(step, opt, lr, "audio")
+        if done is None:
             break
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, done, lr, warmup=min(50, max(1, steps // 10)))
         batch = []
         for _ in range(batch_size):
             wave = usable[int(torch.randint(0, len(usable), (1,), generator=gen))]
