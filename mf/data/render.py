@@ -127,3 +127,24 @@ def render_clip(seed: int, seconds: float, *, text: str | None = None,
         shift_ms=shift_samples * 1000.0 / SAMPLE_RATE,
         text=text,
     )
+
+
+def _render_job(job: tuple[int, float, int]) -> CorpusClip:
+    seed, seconds, size = job
+    return render_clip(seed, seconds, size=size)
+
+
+def render_clips(seeds, seconds: float, *, size: int = 64, workers: int = 1) -> list[CorpusClip]:
+    """render_clip over many seeds, in order; workers > 1 renders in forked processes.
+
+    Every clip depends on its seed alone, so the result is the same for any number of workers
+    (a many-core GPU box renders a training corpus in seconds instead of minutes).
+    """
+    jobs = [(int(seed), float(seconds), int(size)) for seed in seeds]
+    if workers <= 1 or len(jobs) < 2:
+        return [_render_job(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_render_job, jobs, chunksize=8))

@@ -58,19 +58,17 @@ def corpus_renderer():
     return render_clip
 
 
-def render_clips(seeds, seconds: float, size: int, progress: str | None = None):
+def render_clips(seeds, seconds: float, size: int, progress: str | None = None, workers: int = 1):
     """Render corpus clips; returns (frames uint8 [sum T, H, W, 3], list of float32 waves)."""
-    render_clip = corpus_renderer()
-    frames, waves = [], []
+    corpus_renderer()  # fail early and clearly if the corpus package is missing
+    from mf.data import render_clips as render_many
+
     started = time.perf_counter()
-    for i, seed in enumerate(seeds):
-        clip = render_clip(int(seed), seconds, size=size)
-        frames.append(clip.frames)
-        waves.append(np.asarray(clip.audio, dtype=np.float32))
-        if progress and (i + 1) % 32 == 0:
-            print(f"[codecs] rendered {i + 1}/{len(seeds)} {progress} clips "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-    return np.concatenate(frames), waves
+    clips = render_many(seeds, seconds, size=size, workers=workers)
+    if progress:
+        print(f"[codecs] rendered {len(clips)} {progress} clips with {workers} worker(s) "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return np.concatenate([c.frames for c in clips]), [np.asarray(c.audio, dtype=np.float32) for c in clips]
 
 
 def cosine_lr(step: int, progress: float, peak: float, warmup: int = 50, floor_ratio: float = 0.03) -> float:
@@ -151,7 +149,8 @@ def train_video_codec(codec: VideoCodec, frames: np.ndarray, *, steps: int, batc
         model.encoder.eval().requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    pool = torch.from_numpy(frames)
+    device = codec.device  # the whole uint8 pool moves once (1.3 GB for 100k frames: fine on a GPU)
+    pool = torch.from_numpy(frames).to(device)
     size, grid = codec.frame_size, codec.downsample
     log = CsvLog(log_path, ["step", "elapsed_s", "lr", "loss", "psnr_db", "crop"])
     losses, progress = [], Progress(steps, max_minutes)
@@ -159,17 +158,17 @@ def train_video_codec(codec: VideoCodec, frames: np.ndarray, *, steps: int, batc
         done = progress.begin_step(step, opt, lr, "video")
         if done is None:
             break
-        idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen)
+        idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen).to(device)
         pixels = pool[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         crop = done < crop_fraction and size >= 4 * grid
-        weight = torch.ones(1, 1, *pixels.shape[2:])
+        weight = torch.ones(1, 1, *pixels.shape[2:], device=device)
         if crop:
             half = size // 2
             oy, ox = (torch.randint(0, (size - half) // grid + 1, (2,), generator=gen) * grid).tolist()
             pixels = pixels[:, :, oy : oy + half, ox : ox + half]
             # A crop edge inside the frame is zero-padded like a true frame border; the pixels next
             # to such a fake border are not what the full frame would give, so they carry no loss.
-            weight = torch.ones(1, 1, half, half)
+            weight = torch.ones(1, 1, half, half, device=device)
             if oy > 0:
                 weight[..., :grid, :] = 0
             if oy + half < size:
@@ -208,8 +207,8 @@ def fit_latent_normalisation(codec: VideoCodec, frames: np.ndarray, max_frames: 
     codec.latent_mean = torch.zeros(codec.latent_channels)
     codec.latent_std = torch.ones(codec.latent_channels)
     raw = codec.encode(sample)  # identity normalisation at this point -> raw latents
-    codec.latent_mean = raw.mean(dim=(0, 2, 3))
-    codec.latent_std = raw.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    codec.latent_mean = raw.mean(dim=(0, 2, 3)).cpu()
+    codec.latent_std = raw.std(dim=(0, 2, 3)).clamp_min(1e-3).cpu()
 
 
 # ------------------------------------------------------------------------------------------- audio
@@ -244,7 +243,7 @@ def train_audio_codec(codec: AudioCodec, waves: list[np.ndarray], *, steps: int,
     """
     gen = torch.Generator().manual_seed(seed)
     segment = segment_frames * HOP
-    usable = [torch.from_numpy(w) for w in waves if len(w) >= segment]
+    usable = [torch.from_numpy(w).to(codec.device) for w in waves if len(w) >= segment]
     if not usable:
         raise ValueError(f"no training wave is at least {segment} samples long")
     vocoder = codec.vocoder.train()
@@ -440,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-lr", type=float, default=None, help="peak learning rate (default: preset)")
     ap.add_argument("--video-steps", type=int, default=None, help="optimizer steps (default: preset)")
     ap.add_argument("--audio-steps", type=int, default=None, help="optimizer steps (default: preset)")
+    ap.add_argument("--video-batch", type=int, default=None, help="frames per video step (default: preset)")
+    ap.add_argument("--audio-batch", type=int, default=None, help="segments per vocoder step (default: preset)")
+    ap.add_argument("--train-clips", type=int, default=None, help="corpus clips to train on (default: preset)")
+    ap.add_argument("--crop-fraction", type=float, default=None,
+                    help="share of video steps on 32x32 crops (default: preset; 0 = full frames, for a GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (training only; evaluation runs on the CPU)")
+    ap.add_argument("--workers", type=int, default=1, help="processes that render the training corpus")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
@@ -480,33 +486,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         video = VideoCodec.from_preset(preset["codec"], seed=args.seed)
         audio = AudioCodec.from_preset(preset["codec"], seed=args.seed)
-    seeds = list(range(preset["train_clips"]))
-    frames, waves = render_clips(seeds, preset["clip_seconds"], video.frame_size, progress="training")
+    seeds = list(range(args.train_clips or preset["train_clips"]))
+    frames, waves = render_clips(seeds, preset["clip_seconds"], video.frame_size, progress="training",
+                                 workers=args.workers)
+    if args.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        video.to(args.device), audio.to(args.device)
     print(f"[codecs] {len(seeds)} training clips: {len(frames)} frames, {sum(map(len, waves)) / SAMPLE_RATE:.0f} s "
           f"of audio ({time.perf_counter() - started:.0f} s)", flush=True)
     summary = dict(preset=args.preset, seed=args.seed, train_seeds=[0, len(seeds) - 1], init=args.init,
-                   decoder_only=args.decoder_only,
+                   decoder_only=args.decoder_only, device=args.device,
                    clip_seconds=preset["clip_seconds"], threads=torch.get_num_threads())
     if "video" in parts:
         t0 = time.perf_counter()
-        losses = train_video_codec(video, frames, steps=args.video_steps or preset["video_steps"], batch_size=preset["video_batch"],
+        losses = train_video_codec(video, frames, steps=args.video_steps or preset["video_steps"],
+                                   batch_size=args.video_batch or preset["video_batch"],
                                    lr=args.video_lr or preset["video_lr"], seed=args.seed, max_minutes=max_minutes,
                                    log_path=run_dir / "video_loss.csv", decoder_only=args.decoder_only,
-                                   crop_fraction=preset["crop_fraction"])
+                                   crop_fraction=preset["crop_fraction"] if args.crop_fraction is None
+                                   else args.crop_fraction)
         if not args.decoder_only:  # a frozen encoder keeps its latent statistics
             fit_latent_normalisation(video, frames, seed=args.seed)
-        summary.update(video_steps=len(losses), video_train_s=round(time.perf_counter() - t0, 1),
+        summary.update(video_steps=len(losses), video_batch=args.video_batch or preset["video_batch"],
+                       video_train_s=round(time.perf_counter() - t0, 1),
                        video_final_loss=losses[-1])
     if "audio" in parts:
         t0 = time.perf_counter()
         if not args.init:  # the mel normalisation defines the audio latent space: keep it when continuing
             audio.fit_normalisation(waves)
-        losses = train_audio_codec(audio, waves, steps=args.audio_steps or preset["audio_steps"], batch_size=preset["audio_batch"],
+        losses = train_audio_codec(audio, waves, steps=args.audio_steps or preset["audio_steps"],
+                                   batch_size=args.audio_batch or preset["audio_batch"],
                                    segment_frames=preset["audio_segment_frames"], lr=args.audio_lr or preset["audio_lr"],
                                    seed=args.seed, max_minutes=max_minutes, log_path=run_dir / "audio_loss.csv")
-        summary.update(audio_steps=len(losses), audio_train_s=round(time.perf_counter() - t0, 1),
+        summary.update(audio_steps=len(losses), audio_batch=args.audio_batch or preset["audio_batch"],
+                       audio_train_s=round(time.perf_counter() - t0, 1),
                        audio_final_loss=losses[-1])
     summary["train_wall_s"] = round(time.perf_counter() - started, 1)
+    video.to("cpu"), audio.to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     write_reference(video, audio, out)
     video.save_pretrained(out / "video")

@@ -131,7 +131,7 @@ def _codec_fingerprint(codecs) -> str:
     h = hashlib.sha1()
     for x in (v, a):
         h.update(str(tuple(x.shape)).encode())
-        h.update(torch.round(x * 1000).to(torch.int64).numpy().tobytes())
+        h.update(torch.round(x * 1000).to(torch.int64).cpu().numpy().tobytes())
     return h.hexdigest()[:12]
 
 
@@ -148,8 +148,8 @@ def _load_codecs(codecs_dir: Path):
 def encode_clip(video_codec, audio_codec, frames: np.ndarray, audio: np.ndarray, phone_ids: np.ndarray,
                 attributes: np.ndarray) -> dict:
     n_frames = frames.shape[0]
-    v = video_codec.encode(frames).float()
-    a = audio_codec.encode(audio).float()
+    v = video_codec.encode(frames).float().cpu()  # the latent set lives on the CPU whatever the codecs' device
+    a = audio_codec.encode(audio).float().cpu()
     want_mels = n_frames * MELS_PER_FRAME
     if a.shape[0] < want_mels:  # a codec that drops a trailing partial hop: pad by edge value
         a = torch.cat([a, a[-1:].expand(want_mels - a.shape[0], -1)], 0)
@@ -170,18 +170,21 @@ def _stack(items: list[dict], meta: dict) -> LatentSet:
 def build_corpus_latents(*, codecs_dir: str | Path = "assets/codecs", n_clips: int = 256,
                          clip_seconds: float = 4.0, first_seed: int = 0, size: int = 64,
                          cache_dir: str | Path = "runs/latents", codecs=None,
-                         log=print) -> LatentSet:
+                         log=print, workers: int = 1, device: str = "cpu") -> LatentSet:
     """Render corpus seeds [first_seed, first_seed + n_clips), encode, cache, and return them.
 
     `codecs` may be passed as an already loaded (VideoCodec, AudioCodec) pair, e.g. by tests.
     The cache key holds a content hash of the codecs' encoders (see _codec_fingerprint).
+    workers > 1 renders in that many processes; device "cuda" runs the encoders on the GPU.
     """
     if first_seed + n_clips > HELDOUT_SEED_START:
         raise LatentDataError(f"training seeds must stay below HELDOUT_SEED_START={HELDOUT_SEED_START}")
-    from mf.data import render_clip, phone_ids as phone_ids_fn
+    from mf.data import phone_ids as phone_ids_fn, render_clips
 
     if codecs is None:
         codecs = _load_codecs(Path(codecs_dir))
+        if device != "cpu":
+            codecs = tuple(codec.to(device) for codec in codecs)
     fingerprint = _codec_fingerprint(codecs)
     key = hashlib.sha1(f"corpus:{first_seed}:{n_clips}:{clip_seconds}:{size}:{fingerprint}".encode()).hexdigest()[:16]
     cache_path = Path(cache_dir) / f"corpus-{key}.pt"
@@ -192,14 +195,16 @@ def build_corpus_latents(*, codecs_dir: str | Path = "assets/codecs", n_clips: i
         return LatentSet(**payload)
     video_codec, audio_codec = codecs
     items, t0 = [], time.monotonic()
-    for i, seed in enumerate(range(first_seed, first_seed + n_clips)):
-        clip = render_clip(seed, clip_seconds, size=size)
-        n_frames = clip.frames.shape[0]
-        ids = phone_ids_fn(clip.phones, n_frames * MELS_PER_FRAME, FPS * MELS_PER_FRAME)
-        items.append(encode_clip(video_codec, audio_codec, clip.frames, clip.audio, ids,
-                                 clip.character.attributes()))
-        if log and (i + 1) % max(1, n_clips // 8) == 0:
-            log(f"latents: {i + 1}/{n_clips} clips encoded ({time.monotonic() - t0:.0f} s)")
+    seeds = list(range(first_seed, first_seed + n_clips))
+    per_batch = max(1, n_clips // 8)  # render in eighths: bounded memory and a progress line each
+    for b in range(0, n_clips, per_batch):
+        for clip in render_clips(seeds[b : b + per_batch], clip_seconds, size=size, workers=workers):
+            n_frames = clip.frames.shape[0]
+            ids = phone_ids_fn(clip.phones, n_frames * MELS_PER_FRAME, FPS * MELS_PER_FRAME)
+            items.append(encode_clip(video_codec, audio_codec, clip.frames, clip.audio, ids,
+                                     clip.character.attributes()))
+        if log:
+            log(f"latents: {len(items)}/{n_clips} clips encoded ({time.monotonic() - t0:.0f} s)")
     meta = {"source": "corpus", "first_seed": first_seed, "n_clips": n_clips, "clip_seconds": clip_seconds,
             "size": size, "codecs": fingerprint, "encode_s": round(time.monotonic() - t0, 1)}
     latents = _stack(items, meta)

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is visible")
+    p.add_argument("--workers", type=int, default=1, help="processes that render the corpus for the latent set")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest on a shared 2-core box: more threads thrash)")
     p.add_argument("--dim", type=int, default=None, help="override the preset's width (stored in the checkpoint)")
@@ -121,7 +122,8 @@ def load_latents(args, recipe: DataRecipe, model_cfg) -> LatentSet:
     cache_dir = Path(args.latent_cache)
     if args.data == "corpus":
         return L.build_corpus_latents(codecs_dir=args.codecs, n_clips=clips, clip_seconds=seconds,
-                                      size=recipe.size, cache_dir=cache_dir, log=_log)
+                                      size=recipe.size, cache_dir=cache_dir, log=_log, workers=args.workers,
+                                      device="cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     return L.build_folder_latents(args.data, codecs_dir=args.codecs, clip_seconds=seconds, size=recipe.size,
                                   cache_dir=cache_dir, log=_log)
 
@@ -245,7 +247,8 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
                 save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
                 log.plot(f"{stage} ({args.preset})")
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
-               "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params}
+               "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
+               "device": str(device), "processes": world}
     if accelerator.is_main_process:
         save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
         log.plot(f"{stage} ({args.preset})")
