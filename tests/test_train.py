@@ -341,3 +341,18 @@ def test_ablation_summary_ignores_unmeasurable_clips_and_card_sections_are_rewri
     update_card(card, "training", table)
     text = card.read_text()
     assert "old" not in text and "| joint | 7 |" in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+def test_contact_sheet_shows_real_and_generated_rows(tmp_path):
+    from PIL import Image
+
+    from mf.train import sheet
+
+    assert sheet.parse_system("MF 4=assets/model@4") == ("MF 4", Path("assets/model"), 4)
+    with pytest.raises(SystemExit, match="NAME=WEIGHTS_DIR@STEPS"):
+        sheet.parse_system("assets/model")
+    assert sheet.main(["--seeds", "0", "--seconds", "0.4", "--every", "5", "--out", str(tmp_path),
+                       "--system", "MF 4=assets/model@4", "--system", f"gone=@{tmp_path}/missing@4"]) == 0
+    frames = Image.open(tmp_path / "frames.png")
+    assert frames.size == (80 + 66 * 2, 66 * 2)  # 10 frames every 5th -> 2 columns; real + MF rows
+    assert Image.open(tmp_path / "spectrograms.png").size == (480, 90 * 2)
