@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -205,7 +206,8 @@ class _AudioDecoder:
 def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0, text: str | None = None,
              character_id: int | None = None, cfg_scale: float = 1.0, keep_step_latents: bool = False, *,
              mode: str | None = None, shift: float = 1.0, history: list[Chunk] | None = None,
-             fuse_cache_write: bool = True, lookahead: bool = True) -> Iterator[Chunk]:
+             fuse_cache_write: bool = True, lookahead: bool = True,
+             wide_cache_write: bool | None = None) -> Iterator[Chunk]:
     """Yield the chunks of a clip, each decoded, as soon as it is sampled.
 
     steps: denoising steps per chunk (<= 16: few-step mode, > 16: multi-step; ``mode`` overrides).
@@ -215,7 +217,11 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     cfg_scale: classifier-free guidance on the script (1 = off; > 1 doubles the network batch).
     history: finished chunks of an earlier call with the same conditions: they fill the cache and
     generation continues at chunk ``len(history)``.
-    fuse_cache_write / lookahead: speed options (same output bit for bit; tested).
+    fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
+    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
+    the fused cache-write pass runs with every core while the previous chunk's decode waits for it,
+    and the decode then overlaps the chunk's remaining steps. The write is the one fixed cost per
+    chunk that the network evaluations do not amortise (see eval.bench's ratio_50_over_4).
     """
     _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
     schedule = make_schedule(int(steps), mode=mode, shift=shift)
@@ -251,17 +257,39 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                 model.write_cache(v, a, cond_in.chunk_slice(past.index, 1, fc), cache)
         return cond, note, cache
 
+    base_threads = torch.get_num_threads()
+    wide_threads = min(os.cpu_count() or 1, 2 * base_threads)  # the sampler's core + the decoder's
+    if wide_cache_write is None:
+        wide_cache_write = lookahead and fuse_cache_write and device.type == "cpu" and wide_threads > base_threads
+    wide_cache_write = bool(wide_cache_write) and wide_threads > base_threads
+
     @torch.inference_mode()
-    def sample(k: int, cache, pending):
+    def sample(k: int, cache, pending, first_pass_done=None):
         t0 = time.perf_counter()
+        widen = wide_cache_write and pending is not None
+
+        def after_step(i, x_v, x_a):
+            if i == 0:
+                if widen:
+                    torch.set_num_threads(base_threads)
+                if first_pass_done is not None:
+                    first_pass_done.set()
         gen = torch.Generator().manual_seed(chunk_seed(seed, k))
         noise_v = torch.randn((1, fc, c, h, h), generator=gen).to(device)
         noise_a = torch.randn((1, cfg.mels_per_chunk, m), generator=gen).to(device)
         write = "never" if k == n_chunks - 1 else ("defer" if fuse_cache_write else "now")
-        with amp():
-            out = sample_chunk(model, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
-                               cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, pending=pending,
-                               write=write)
+        if widen:
+            torch.set_num_threads(wide_threads)
+        try:
+            with amp():
+                out = sample_chunk(model, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
+                                   cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, pending=pending,
+                                   write=write, on_step=after_step)
+        finally:
+            if widen:
+                torch.set_num_threads(base_threads)
+            if first_pass_done is not None:
+                first_pass_done.set()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return out, time.perf_counter() - t0
@@ -289,7 +317,10 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             out, model_s = job.result() if executor else sample(k, cache, None if k == first else pending)
             pending = out.pending
             if executor and k + 1 < n_chunks:
-                job = executor.submit(sample, k + 1, cache, pending)
+                first_pass_done = threading.Event()
+                job = executor.submit(sample, k + 1, cache, pending, first_pass_done)
+                if wide_cache_write:  # the widened pass uses every core: decode after it
+                    first_pass_done.wait()
             frames, audio, decode_s = decode(k, out, audio_decoder)
             steps_out = None
             if out.step_latents is not None:

@@ -271,3 +271,16 @@ def test_history_longer_than_the_clip_is_rejected(studio):
     chunks = run(studio, seconds=0.08)
     with pytest.raises(ValueError, match="history has"):
         run(studio, seconds=0.08, history=chunks)
+
+
+def test_widening_the_cache_write_across_cores_does_not_change_the_output(studio):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # room to widen on any machine with two cores or more
+    try:
+        wide = run(studio, seed=4, steps=2, wide_cache_write=True)
+        narrow = run(studio, seed=4, steps=2, wide_cache_write=False)
+        assert torch.get_num_threads() == 1, "the sampler restores the caller's thread count"
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(wide, narrow):  # GEMMs split rows/columns across threads, not the reduction
+        assert torch.equal(x.video_latents, y.video_latents) and torch.equal(x.audio_latents, y.audio_latents)
