@@ -219,8 +219,8 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     generation continues at chunk ``len(history)``.
     fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
     wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
-    the fused cache-write pass runs with every core while the previous chunk's decode waits for it,
-    and the decode then overlaps the chunk's remaining steps. The write is the one fixed cost per
+    the fused cache-write pass runs on twice the torch threads (at most the machine's cores) while
+    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps. The write is the one fixed cost per
     chunk that the network evaluations do not amortise (see eval.bench's ratio_50_over_4).
     """
     _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
