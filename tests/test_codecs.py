@@ -234,3 +234,28 @@ def test_unknown_presets_are_named():
         VideoCodec.from_preset("huge")
     with pytest.raises(ValueError, match="'huge'"):
         AudioCodec.from_preset("huge")
+
+
+def test_parallel_training_passes_every_override_to_both_children(tmp_path, monkeypatch):
+    import subprocess
+
+    from mf.train import codecs as codec_training
+
+    commands = []
+
+    class FakeChild:
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+
+        def wait(self):
+            return 1  # stop right after launching: only the command lines matter here
+
+    monkeypatch.setattr(subprocess, "Popen", FakeChild)
+    rc = codec_training.main(["--preset", "micro", "--run-dir", str(tmp_path), "--out", str(tmp_path / "out"),
+                              "--train-clips", "5", "--video-batch", "7", "--crop-fraction", "0",
+                              "--workers", "3", "--audio-steps", "9"])
+    assert rc == 1 and len(commands) == 2
+    for cmd in commands:
+        for flag, value in (("--train-clips", "5"), ("--video-batch", "7"), ("--crop-fraction", "0.0"),
+                            ("--workers", "3"), ("--audio-steps", "9"), ("--device", "cpu")):
+            assert cmd[cmd.index(flag) + 1] == value, (flag, cmd)

@@ -364,6 +364,11 @@ def write_reference(video: VideoCodec, audio: AudioCodec, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- CLI
+# Options `train_in_parallel` passes on to its two child processes unchanged.
+FORWARDED_OPTIONS = ("--video-lr", "--audio-lr", "--video-steps", "--audio-steps", "--video-batch",
+                     "--audio-batch", "--train-clips", "--crop-fraction", "--device", "--workers")
+
+
 def train_in_parallel(args, out: Path, run_dir: Path, n_eval: int) -> int:
     """Train video and audio in two 1-thread child processes (2 cores -> ~2x faster than in turn),
     then assemble out/{video,audio} from their staging folders and evaluate."""
@@ -381,8 +386,8 @@ def train_in_parallel(args, out: Path, run_dir: Path, n_eval: int) -> int:
             cmd += ["--init", args.init]
         if args.decoder_only:
             cmd += ["--decoder-only"]
-        for flag, value in (("--video-lr", args.video_lr), ("--audio-lr", args.audio_lr),
-                            ("--video-steps", args.video_steps), ("--audio-steps", args.audio_steps)):
+        for flag in FORWARDED_OPTIONS:  # every per-run override reaches both children
+            value = getattr(args, flag[2:].replace("-", "_"))
             if value is not None:
                 cmd += [flag, str(value)]
         log_path = run_dir / f"{part}.log"
