@@ -317,9 +317,10 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             out, model_s = job.result() if executor else sample(k, cache, None if k == first else pending)
             pending = out.pending
             if executor and k + 1 < n_chunks:
-                first_pass_done = threading.Event()
+                # the widened pass uses the decoder's core too: decode after it
+                first_pass_done = threading.Event() if wide_cache_write else None
                 job = executor.submit(sample, k + 1, cache, pending, first_pass_done)
-                if wide_cache_write:  # the widened pass uses every core: decode after it
+                if first_pass_done is not None:
                     first_pass_done.wait()
             frames, audio, decode_s = decode(k, out, audio_decoder)
             steps_out = None
