@@ -2,7 +2,10 @@
 
 The studio (model + codecs) is loaded exactly once per process and shared read-only by every
 request. When a backend cannot be loaded the app still starts and says why on the page (a Space
-that shows an explanation beats one that crashes at boot); the reason is also logged.
+that shows an explanation beats one that crashes at boot); the reason is also logged. The standard
+metric weights (Inception, SyncNet) are fetched by a daemon thread started here (``eval.weights.prefetch``,
+off with MF_NO_DOWNLOAD=1): startup and requests never wait for it; a request made meanwhile scores
+without them and says they are being downloaded.
 """
 
 from __future__ import annotations
@@ -68,11 +71,23 @@ def _examples_cache_dir(assets: str) -> str:
     return os.path.join(".gradio", "cached_examples", digest.hexdigest()[:12])
 
 
+def start_weight_prefetch():
+    """The background fetch of the standard metric weights; None when it did not start (never raises)."""
+    try:
+        from eval.weights import prefetch
+
+        return prefetch()
+    except Exception as exc:  # noqa: BLE001 - the app works without them (metrics say they are missing)
+        log.warning("standard weights prefetch not started: %s", exc)
+        return None
+
+
 def create_app(assets: str = "assets", device: str = "cpu", workdir: str | None = None, **build_kwargs):
     """(demo, handlers): the queued Blocks app, ready for ``launch(**launch_kwargs(handlers))``."""
     from app.ui import build_app
 
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", _examples_cache_dir(assets))
+    start_weight_prefetch()  # first, so the download overlaps loading the model
     studio, generate, studio_error, score_sets, eval_plots, metrics, eval_error = load_backends(assets, device)
     if studio is not None:
         studio_error = smoke_test(studio, generate)

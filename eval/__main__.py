@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     s.add_argument("--json", default=None)
     s.add_argument("--csv", default=None)
     s.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
-    s.add_argument("--no-download", action="store_true", help="never try to download Inception weights")
+    s.add_argument("--no-download", action="store_true",
+                   help="never download the standard weights (Inception, SyncNet); same as MF_NO_DOWNLOAD=1")
     s.add_argument("--frames-per-clip", type=int, default=None, help="frames sampled per clip for FID/KID")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     y = sub.add_parser("sync", help="audio-video offset of one clip (no reference needed)")
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     y.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "score":
+        if args.no_download:  # every loader (and any worker process) reads it: see eval.weights
+            os.environ["MF_NO_DOWNLOAD"] = "1"
         if args.metrics is None:
             args.metrics = "sync,pesq,stoi,fid,kid" if args.reference else "sync"
         gen = args.generated[0] if len(args.generated) == 1 else args.generated

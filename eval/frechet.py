@@ -8,10 +8,11 @@ What this module owns:
   torchmetrics (``NoTrainInceptionV3``) with the TF-compatible bilinear resize (``antialias=False``),
   the way published FIDs are computed; FID by torchmetrics ``FrechetInceptionDistance`` on those
   features, KID by ``kernel_distance`` (torchmetrics' estimator, verified equal in the tests, with the
-  kernel computed once rather than per subset). The weights are never bundled: they are
-  taken from an explicit path, ``$MF_INCEPTION_WEIGHTS``, ``$TORCH_HOME/hub/checkpoints`` (torch's
-  cache), or downloaded only when the machine is online. When absent, ``InceptionUnavailable`` says
-  which file to put where, and callers report FID/KID as skipped instead of crashing.
+  kernel computed once rather than per subset). The weights are never bundled: ``eval.weights``
+  takes them from an explicit path, ``$MF_INCEPTION_WEIGHTS``, ``$TORCH_HOME/hub/checkpoints`` (torch's
+  cache), or downloads them once (size- and sha256-checked) when the machine is online and downloads
+  are not turned off. When absent, ``InceptionUnavailable`` says which file to put where, and callers
+  report FID/KID as skipped instead of crashing.
 * ``corpus_frechet``: the same two distances over the project's own offline extractor
   (``eval.features``), labelled "corpus-FD (not standard FID)": numbers are comparable only with
   other corpus-FD numbers, never with published FIDs.
@@ -27,17 +28,18 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import scipy.linalg
 
+from eval.weights import WEIGHTS, WeightsUnavailable, ensure_weights, fetching_message, is_fetching
+
 CORPUS_FD_LABEL = "corpus-FD (not standard FID)"
 INCEPTION_LABEL = "FID/KID (Inception-v3 pool3, torch-fidelity weights, TF resize)"
 # torch-fidelity's cache name (what torch.hub writes) first, then pytorch-fid's name for the same
-# TF-ported network, which people often already have in their torch cache.
-INCEPTION_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
-INCEPTION_ENV = "MF_INCEPTION_WEIGHTS"
+# bytes, which people often already have in their torch cache.
+INCEPTION_FILENAMES = (WEIGHTS["inception"].filename, *WEIGHTS["inception"].aliases)
+INCEPTION_ENV = WEIGHTS["inception"].env
 # KID as in the KID paper / torchmetrics: subsets of up to 1000 samples, 100 subsets.
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -184,41 +186,39 @@ class InceptionUnavailable(RuntimeError):
     """The standard Inception weights are not on this machine (and cannot be downloaded)."""
 
 
-def _online(host: str = "github.com", timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def find_inception_weights(path: str | os.PathLike | None = None) -> str | None:
-    """The first existing weights file: explicit path, $MF_INCEPTION_WEIGHTS, then the torch hub cache."""
-    if path is not None:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise InceptionUnavailable(f"Inception weights file not found: {path}")
-        return path
-    env = os.environ.get(INCEPTION_ENV)
-    if env and os.path.isfile(env):
-        return env
-    import torch.hub
+    """The weights file on this machine (explicit path, $MF_INCEPTION_WEIGHTS, torch hub cache) or None.
 
-    checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
-    for name in INCEPTION_FILENAMES:
-        candidate = os.path.join(checkpoints, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    Never downloads. A named path (argument or environment variable) that does not exist raises.
+    """
+    try:
+        return ensure_weights("inception", path, allow_download=False)
+    except WeightsUnavailable as exc:
+        if exc.reason == "path":
+            raise _unavailable(exc) from None
+        return None
 
 
 def missing_weights_message() -> str:
     import torch.hub
 
+    spec = WEIGHTS["inception"]
+    if is_fetching(spec):  # the app's background prefetch: say so rather than "not found"
+        return f"FID/KID skipped: {fetching_message(spec)}."
     where = os.path.join(torch.hub.get_dir(), "checkpoints")
-    return (f"FID/KID skipped: standard Inception weights not found (offline). Put {INCEPTION_FILENAMES[0]} "
-            f"(torch-fidelity v0.2.0 release) in {where} (i.e. $TORCH_HOME/hub/checkpoints), or pass its path "
-            f"with --inception-weights / ${INCEPTION_ENV}.")
+    return (f"FID/KID skipped: standard Inception weights not found (offline or downloads turned off). Put "
+            f"{INCEPTION_FILENAMES[0]} (torch-fidelity v0.2.0 release, {spec.size / 1e6:.1f} MB) in {where} "
+            f"(i.e. $TORCH_HOME/hub/checkpoints), or pass its path with --inception-weights / ${INCEPTION_ENV}; "
+            "online it is downloaded once by itself unless --no-download or MF_NO_DOWNLOAD=1.")
+
+
+def _unavailable(exc: WeightsUnavailable) -> InceptionUnavailable:
+    """The user-facing reason: today's offline message, or what went wrong (checksum, fetching, path)."""
+    if exc.reason in ("offline", "disabled"):
+        return InceptionUnavailable(missing_weights_message())
+    if exc.reason == "path":
+        return InceptionUnavailable(f"Inception weights file not found: {exc.path}")
+    return InceptionUnavailable(f"FID/KID skipped: {exc}.")
 
 
 class InceptionExtractor:
@@ -229,20 +229,21 @@ class InceptionExtractor:
 
     def __init__(self, weights_path: str | os.PathLike | None = None, *, allow_download: bool = True,
                  device: str = "cpu", batch_size: int = 32):
-        found = find_inception_weights(weights_path)
-        if found is None and not (allow_download and _online()):
-            raise InceptionUnavailable(missing_weights_message())
+        try:  # path / $MF_INCEPTION_WEIGHTS / torch hub cache / verified download (eval.weights)
+            found = ensure_weights("inception", weights_path, allow_download=False if not allow_download else None)
+        except WeightsUnavailable as exc:
+            raise _unavailable(exc) from None
         # Imported only now: importing torchmetrics costs seconds, wasted when the weights are absent.
         import torch
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
-            # found=None -> torch-fidelity downloads into the torch hub cache (we checked we are online).
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                           feature_extractor_weights_path=found, antialias=False)
         except (RuntimeError, KeyError, OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise InceptionUnavailable(f"cannot load Inception weights from {found or 'download'}: {first}") from exc
+            raise InceptionUnavailable(
+                f"cannot load Inception weights from {os.path.basename(found)}: {first}") from exc
         self.weights_path = found
         self.device = torch.device(device)
         self.net.to(self.device)

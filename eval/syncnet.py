@@ -5,9 +5,10 @@ Owns: ``SyncNet`` (the two-tower network, parameter names and shapes identical t
 strict loading with clear errors), ``mfcc_like_syncnet`` (13 MFCCs per 10 ms, the front end that
 network was trained with) and ``syncnet_scores`` (the field's LSE-D / LSE-C / offset protocol).
 
-No weights ship with the project and none are downloaded. The user supplies ``syncnet_v2.model`` by
-path or through the ``SYNCNET_WEIGHTS`` environment variable; without it a ``SyncNetWeightsError``
-names both.
+No weights ship with the project. ``syncnet_v2.model`` comes by path, through the ``SYNCNET_WEIGHTS``
+environment variable, from the project cache, or is downloaded once (size- and sha256-checked) by
+``eval.weights`` when the machine is online and downloads are not turned off; otherwise a
+``SyncNetWeightsError`` names the ways to supply it.
 
 Protocol (as the reference evaluation does it), at 25 fps and 16 kHz:
 * video: square face crops, 224 x 224, BGR channel order, raw 0-255 values, stacked 5 frames at a
@@ -33,9 +34,10 @@ import torch
 from torch import nn
 
 from eval.mouth import MouthTrack, face_crops, locate_mouth
+from eval.weights import WEIGHTS, WeightsUnavailable, ensure_weights, project_cache_dir
 from mf.media import resample_audio
 
-SYNCNET_ENV = "SYNCNET_WEIGHTS"
+SYNCNET_ENV = WEIGHTS["syncnet"].env
 SYNCNET_FPS = 25
 SYNCNET_RATE = 16000
 VIDEO_WINDOW = 5  # frames per lip-tower input
@@ -92,27 +94,35 @@ class SyncNet(nn.Module):
         return self.netfclip(self.netcnnlip(frames).flatten(1))
 
 
-def resolve_weights(weights_path: str | os.PathLike | None) -> str:
-    """The weights file to use: the argument, else $SYNCNET_WEIGHTS; a clear error when neither exists."""
-    path = os.fspath(weights_path) if weights_path else os.environ.get(SYNCNET_ENV, "")
-    if not path:
-        raise SyncNetWeightsError(
-            f"SyncNet weights not supplied: pass the path of syncnet_v2.model (weights_path=...) or set "
-            f"the environment variable {SYNCNET_ENV}=/path/to/syncnet_v2.model. The file comes with "
-            "joonson/syncnet_python (download_model.sh); nothing is downloaded here.")
-    if not os.path.isfile(path):
-        raise SyncNetWeightsError(f"SyncNet weights file not found: {path} (set {SYNCNET_ENV} or pass weights_path)")
-    return path
+def resolve_weights(weights_path: str | os.PathLike | None, *, allow_download: bool | None = None) -> str:
+    """The weights file to use: the argument, $SYNCNET_WEIGHTS, the cache, or a verified download.
+
+    ``allow_download``: None = when the environment allows (see ``eval.weights``), False = never.
+    """
+    try:
+        return ensure_weights("syncnet", weights_path, allow_download=allow_download)
+    except WeightsUnavailable as exc:
+        if exc.reason == "path":
+            raise SyncNetWeightsError(f"SyncNet weights file not found: {exc.path} "
+                                      f"(set {SYNCNET_ENV} or pass weights_path)") from None
+        if exc.reason in ("offline", "disabled"):
+            raise SyncNetWeightsError(
+                f"SyncNet weights not supplied: pass the path of syncnet_v2.model (weights_path=...) or set "
+                f"the environment variable {SYNCNET_ENV}=/path/to/syncnet_v2.model, or put it in "
+                f"{project_cache_dir()} ($MF_CACHE). The file comes with joonson/syncnet_python "
+                "(download_model.sh); online it is downloaded once by itself unless MF_NO_DOWNLOAD=1.") from None
+        raise SyncNetWeightsError(f"SyncNet weights unavailable: {exc}") from None
 
 
-def load_syncnet(weights_path: str | os.PathLike | None = None, device: str = "cpu") -> SyncNet:
+def load_syncnet(weights_path: str | os.PathLike | None = None, device: str = "cpu", *,
+                 allow_download: bool | None = None) -> SyncNet:
     """A ``SyncNet`` in eval mode with the released weights, loaded strictly.
 
     Every parameter and running statistic must be present with the right shape and nothing else may
     be in the file; only BatchNorm's ``num_batches_tracked`` counters (absent from files saved by old
     torch versions, unused in eval mode) may be missing.
     """
-    path = resolve_weights(weights_path)
+    path = resolve_weights(weights_path, allow_download=allow_download)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds: report them as one clear message

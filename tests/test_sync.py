@@ -93,6 +93,8 @@ def test_syncnet_loads_strictly_and_scores(tmp_path, monkeypatch):
     with pytest.raises(SyncNetWeightsError, match="not SyncNet v2 weights"):
         load_syncnet(bad)
     monkeypatch.delenv("SYNCNET_WEIGHTS", raising=False)
+    monkeypatch.setenv("MF_CACHE", str(tmp_path / "cache"))  # no cached copy, and no download (eval.weights)
+    monkeypatch.setenv("MF_NO_DOWNLOAD", "1")
     with pytest.raises(SyncNetWeightsError, match="SYNCNET_WEIGHTS"):
         load_syncnet(None)
 
