@@ -229,7 +229,7 @@ def _given(spec: WeightSpec, path) -> str | None:
             raise WeightsUnavailable(f"{spec.label} weights file not found: {path}", reason="path", spec=spec,
                                      path=path)
         return path
-    env = os.environ.get(spec.env or "", "") if spec.env else ""
+    env = os.environ.get(spec.env, "") if spec.env else ""
     if env:
         if not os.path.isfile(env):
             raise WeightsUnavailable(f"{spec.label} weights file not found: {env} (from ${spec.env})",
