@@ -294,8 +294,6 @@ def _remove_stale_parts(final: str) -> None:
 def _download(spec: WeightSpec, final: str, urls: tuple[str, ...], timeout: float) -> str:
     problems, all_offline = [], True
     for url in urls:
-        log.warning("downloading %s (%.1f MB, once) from %s into %s", spec.filename, spec.size / 1e6, url,
-                    os.path.dirname(final))
         try:
             _fetch_one(spec, url, final, timeout)
             log.warning("%s downloaded and verified (sha256 %s)", spec.filename, spec.sha256[:12])
@@ -303,7 +301,7 @@ def _download(spec: WeightSpec, final: str, urls: tuple[str, ...], timeout: floa
         except _Attempt as exc:
             problems.append(str(exc))
             all_offline = all_offline and exc.offline
-            log.warning("%s", exc)
+            (log.info if exc.offline else log.warning)("%s", exc)  # offline: the caller's message says it all
     if all_offline:
         raise WeightsUnavailable(f"{spec.label} weights ({spec.filename}) not found and the machine is offline "
                                  f"({problems[-1]})", reason="offline", spec=spec, path=final)
@@ -316,7 +314,7 @@ def _fetch_one(spec: WeightSpec, url: str, final: str, timeout: float) -> None:
     fd, part = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{spec.filename}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            received, actual = _stream(spec, url, out, timeout)
+            received, actual = _stream(spec, url, out, timeout, os.path.dirname(final))
             out.flush()
             os.fsync(out.fileno())
         if received != spec.size:
@@ -330,7 +328,7 @@ def _fetch_one(spec: WeightSpec, url: str, final: str, timeout: float) -> None:
             os.remove(part)
 
 
-def _stream(spec: WeightSpec, url: str, out, timeout: float) -> tuple[int, str]:
+def _stream(spec: WeightSpec, url: str, out, timeout: float, folder: str) -> tuple[int, str]:
     """(bytes received, their sha256). Connection failures before any byte are 'offline'."""
     digest, received = hashlib.sha256(), 0
     request = urllib.request.Request(url, headers={"User-Agent": "mutual-forcing-eval"})
@@ -343,6 +341,8 @@ def _stream(spec: WeightSpec, url: str, out, timeout: float) -> tuple[int, str]:
     except (OSError, http.client.HTTPException) as exc:  # timeouts, resets during the handshake
         raise _Attempt(f"{spec.filename} from {url}: {exc.__class__.__name__}: {exc}", offline=True) from None
     with response:
+        log.warning("downloading %s (%.1f MB, once) from %s into %s", spec.filename, spec.size / 1e6, url,
+                    folder)
         announced = response.headers.get("Content-Length")
         if announced is not None and announced.strip().isdigit() and int(announced) != spec.size:
             raise _Attempt(f"{spec.filename} from {url}: the server announces {announced} bytes, expected {spec.size}")
