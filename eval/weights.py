@@ -268,13 +268,19 @@ def ensure_weights(name: str | WeightSpec, path=None, *, cache_dir: str | None =
         bad = f" ({os.path.basename(wrong)} in the cache has the wrong size: an interrupted copy?)" if wrong else ""
         raise WeightsUnavailable(f"{spec.label} weights ({spec.filename}) not found and downloads are off "
                                  f"({blocker}){bad}", reason="disabled", spec=spec, path=where)
-    os.makedirs(folder, exist_ok=True)
-    with _exclusive(where):
-        found, wrong = _cached(spec, folder)  # another caller may have finished while we waited
-        if found:
-            return found
-        _remove_stale_parts(where)
-        return _download(spec, where, urls_for(spec, base_url), timeout)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with _exclusive(where):
+            found, _ = _cached(spec, folder)  # another caller may have finished while we waited
+            if found:
+                return found
+            _remove_stale_parts(where)
+            return _download(spec, where, urls_for(spec, base_url), timeout)
+    except OSError as exc:  # read-only or full cache folder: a clear reason, never a traceback
+        raise WeightsUnavailable(f"{spec.label} weights ({spec.filename}) could not be stored in the cache folder "
+                                 f"({exc.__class__.__name__}: {exc.strerror or exc}); set "
+                                 f"{'$TORCH_HOME' if spec.cache == 'torch_hub' else '$' + CACHE_ENV} to a writable "
+                                 "folder", reason="failed", spec=spec, path=where) from None
 
 
 # ----------------------------------------------------------------------------- download

@@ -265,3 +265,16 @@ def test_cli_no_download_turns_downloads_off_everywhere(monkeypatch, tmp_path):
 
     assert main(["score", "--generated", str(tmp_path / "none"), "--no-download", "--quiet"]) == 2
     assert weights.downloads_disabled_by() == "MF_NO_DOWNLOAD"
+
+
+def test_a_read_only_cache_folder_is_a_clear_error(server, tmp_path):
+    if os.geteuid() == 0:
+        cache = tmp_path / "file-not-folder"
+        cache.write_bytes(b"")  # root ignores permissions: a file where the folder should be fails for anyone
+    else:
+        cache = tmp_path / "ro"
+        cache.mkdir(mode=0o500)
+    server.files["/blob.bin"] = (BLOB, "ok")
+    with pytest.raises(WeightsUnavailable, match="could not be stored in the cache folder") as err:
+        ensure_weights(SPEC, cache_dir=str(cache), base_url=server.url)
+    assert err.value.reason == "failed"
