@@ -20,19 +20,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mf.constants import MELS_PER_FRAME
-from mf.train.flow_matching import Pair, noised_pair, pair_mse, per_frame, randn_pair
+from mf.train.flow_matching import Pair, noised_pair, pair_mse, randn_pair
 
 DMD_T_RANGE = (0.02, 0.98)
 
 ScoreFn = Callable[[Pair, torch.Tensor], Pair]   # (x_t chunk, t [B, 1]) -> velocity
-
-
-def _x0(xt: Pair, u: Pair, t: torch.Tensor, fc: int) -> Pair:
-    return Pair(
-        None if xt.video is None else xt.video - per_frame(t, fc, xt.video) * u.video,
-        None if xt.audio is None else xt.audio - per_frame(t, fc, xt.audio, MELS_PER_FRAME) * u.audio,
-    )
 
 
 def cfg_combine(u_cond: Pair, u_uncond: Pair, scale: float) -> Pair:
@@ -48,8 +40,9 @@ def dmd_generator_loss(x: Pair, real_score: ScoreFn, fake_score: ScoreFn, gen: t
     with torch.no_grad():
         xs = x.detach()
         xt = noised_pair(xs, randn_pair(xs, gen), t, frames_per_chunk)
-        x0_real = _x0(xt, real_score(xt, t), t, frames_per_chunk)
-        x0_fake = _x0(xt, fake_score(xt, t), t, frames_per_chunk)
+        # x0 estimates: one jump of the whole remaining time, d = t (the update rule, mf.sampler.flow_step)
+        x0_real = xt.step(real_score(xt, t), t, frames_per_chunk)
+        x0_fake = xt.step(fake_score(xt, t), t, frames_per_chunk)
 
         def direction(fake, real, sample):
             norm = (sample - real).abs().flatten(1).mean(1).clamp_min(1e-4)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mf.constants import MELS_PER_FRAME
+from mf.sampler import flow_step
 from mf.train.latents import LatentBatch
 
 TEXT_DROP_P = 0.1
@@ -79,10 +80,11 @@ class Pair:
         return self.map(lambda x: x.detach())
 
     def step(self, u: "Pair", d: torch.Tensor, frames_per_chunk: int) -> "Pair":
-        """One Euler/shortcut update x_{t-d} = x_t - d u (d per chunk)."""
+        """The update rule ``mf.sampler.flow_step`` (x_{t-d} = x_t - d u) with a step size per chunk, d [B, K]."""
+        fc = frames_per_chunk
         return Pair(
-            None if self.video is None else self.video - per_frame(d, frames_per_chunk, self.video) * u.video,
-            None if self.audio is None else self.audio - per_frame(d, frames_per_chunk, self.audio, MELS_PER_FRAME) * u.audio,
+            None if self.video is None else flow_step(self.video, u.video, per_frame(d, fc, self.video)),
+            None if self.audio is None else flow_step(self.audio, u.audio, per_frame(d, fc, self.audio, MELS_PER_FRAME)),
         )
 
 
