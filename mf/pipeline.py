@@ -78,7 +78,7 @@ class Studio:
 
     @property
     def config(self) -> ModelConfig:
-        return self.model.cfg
+        return self.model.model_config
 
 
 def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) -> None:
@@ -128,7 +128,7 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
         trained, checkpoint = False, None
         notes.insert(0, f"model: initial weights (no checkpoint at {model_dir}; preset {preset!r}): "
                         "the output is not a trained result")
-    _check_compatible(model.cfg, video_codec, audio_codec, str(model_dir))
+    _check_compatible(model.model_config, video_codec, audio_codec, str(model_dir))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model.to(device).eval()

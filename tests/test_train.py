@@ -257,7 +257,7 @@ def test_stage_runs_through_accelerate_and_writes_logs_plots_and_weights(tmp_pat
     from accelerate.state import PartialState
     assert PartialState().num_processes == 1
     reloaded = MFTransformer.from_pretrained(str(run / "ema"))
-    assert reloaded.cfg.frames_per_chunk == FC
+    assert reloaded.model_config.frames_per_chunk == FC
 
 
 def test_wall_clock_budget_stops_a_stage(tmp_path, micro_init):

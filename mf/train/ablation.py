@@ -49,7 +49,7 @@ def _studio(model_dir: Path, codecs, device):
     if not (model_dir / "config.json").is_file():
         raise AblationError(f"no model weights at {model_dir}")
     model = MFTransformer.from_pretrained(str(model_dir)).to(device).eval()
-    _check_compatible(model.cfg, codecs[0], codecs[1], str(model_dir))
+    _check_compatible(model.model_config, codecs[0], codecs[1], str(model_dir))
     return Studio(model=model, video_codec=codecs[0], audio_codec=codecs[1], trained=True, codecs_trained=True,
                   message=f"model {model_dir}", checkpoint=str(model_dir), device=torch.device(device))
 
