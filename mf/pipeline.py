@@ -81,8 +81,8 @@ class Studio:
         return self.model.model_config
 
 
-def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) -> None:
-    want = (cfg.video_channels, cfg.latent_size, cfg.n_mels)
+def _check_compatible(config: ModelConfig, video_codec, audio_codec, where: str) -> None:
+    want = (config.video_channels, config.latent_size, config.n_mels)
     have = (video_codec.latent_channels, video_codec.latent_size, audio_codec.n_mels)
     if want != have:
         raise ValueError(f"{where}: the model expects latents (channels, size, n_mels) = {want} but the codecs "
@@ -91,19 +91,28 @@ def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) ->
 
 def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None, preset: str = DEFAULT_PRESET,
-                codec_preset: str = "tiny") -> Studio:
+                codec_preset: str = "tiny", *, model_dir: str | os.PathLike | None = None,
+                codecs: tuple | None = None) -> Studio:
     """Model + codecs from ``assets/model`` and ``assets/codecs``; initial weights where they are absent.
 
     ``dtype``: float32 on CPU; bfloat16 autocast on CUDA by default. ``preset`` / ``codec_preset``
     choose the shapes of initial weights (``micro`` for tests); a checkpoint knows its own shape.
+    ``model_dir``: this checkpoint folder instead of ``assets/model``; it must hold one (ValueError
+    naming the folder otherwise). ``codecs``: an already loaded (video_codec, audio_codec) pair from
+    ``mf.codecs.load_codecs``, used instead of ``assets/codecs`` (several studios share one pair).
     """
     from mf.codecs import AudioCodec, VideoCodec, load_codecs
 
     device = torch.device(device)
     assets = Path(assets)
+    if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
+        raise ValueError(f"no model weights at {model_dir} (config.json is missing)")
     notes = []
     codec_dir = assets / "codecs"
-    if codec_dir.is_dir():
+    if codecs is not None:
+        video_codec, audio_codec = codecs
+        codecs_trained = True
+    elif codec_dir.is_dir():
         video_codec, audio_codec = load_codecs(codec_dir, device=str(device))
         codecs_trained = True
     else:
@@ -111,7 +120,7 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
         audio_codec = AudioCodec.from_preset(codec_preset).to(device)
         codecs_trained = False
         notes.append(f"no trained codecs at {codec_dir}: untrained codecs (noise-like frames and audio)")
-    model_dir = assets / "model"
+    model_dir = assets / "model" if model_dir is None else Path(model_dir)
     if (model_dir / "config.json").is_file():
         try:
             model = MFTransformer.from_pretrained(str(model_dir))

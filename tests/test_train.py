@@ -323,7 +323,7 @@ def test_training_seeds_never_reach_the_heldout_range(tmp_path):
 
 
 def test_ablation_summary_ignores_unmeasurable_clips_and_card_sections_are_rewritten(tmp_path):
-    from mf.train.ablation import summarise, training_table, update_card
+    from eval.ablation import summarise, training_table, update_card
 
     rows = [{"offset_ms": -40.0, "confidence": 0.5, "flag": None, "model_s_per_chunk": 0.1},
             {"offset_ms": 80.0, "confidence": 0.2, "flag": "low_confidence", "model_s_per_chunk": 0.3},
@@ -346,7 +346,7 @@ def test_ablation_summary_ignores_unmeasurable_clips_and_card_sections_are_rewri
 def test_contact_sheet_shows_real_and_generated_rows(tmp_path):
     from PIL import Image
 
-    from mf.train import sheet
+    from eval import sheet
 
     assert sheet.parse_system("MF 4=assets/model@4") == ("MF 4", Path("assets/model"), 4)
     with pytest.raises(SystemExit, match="NAME=WEIGHTS_DIR@STEPS"):
