@@ -322,8 +322,9 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mf-sampler") if lookahead else None
     try:
         job = executor.submit(sample, first, cache, None) if executor else None
+        pending = None  # the previous chunk's deferred cache write
         for k in range(first, n_chunks):
-            out, model_s = job.result() if executor else sample(k, cache, None if k == first else pending)
+            out, model_s = job.result() if executor else sample(k, cache, pending)
             pending = out.pending
             if executor and k + 1 < n_chunks:
                 # the widened pass uses the decoder's core too: decode after it

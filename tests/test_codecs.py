@@ -15,7 +15,8 @@ import torch
 
 from mf.codecs import AudioCodec, VideoCodec, load_codecs
 from mf.constants import HOP, MELS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME
-from mf.train.codecs import REFERENCE_FILE, psnr_uint8, train_audio_codec, train_video_codec
+from mf.train.codec_data import REFERENCE_FILE, psnr_uint8
+from mf.train.codec_trainers import train_audio_codec, train_video_codec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "codecs"
 

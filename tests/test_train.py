@@ -28,7 +28,7 @@ from mf.train.common import EMA, LossLog, make_optimizer
 from mf.train.dmd import dmd_generator_loss, fake_score_loss
 from mf.train.flow_matching import (Pair, conditions, flow_matching_loss, unimodal_flow_matching_loss)
 from mf.train.latents import random_latents
-from mf.train.mutual_forcing import (BASELINE_E, MUTUAL, MutualForcingConfig, build_history,
+from mf.train.mutual_forcing import (BASELINE_E, build_history,
                                      make_fake_score, make_frozen_teacher, mutual_forcing_losses)
 from mf.train.shortcut import shortcut_distillation_loss, shortcut_model_loss
 
