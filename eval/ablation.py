@@ -87,7 +87,8 @@ def real_frames(seeds: list[int], seconds: float, size: int) -> tuple[list[np.nd
 def markdown_table(results: list[dict], meta: dict) -> str:
     lines = [f"Held-out corpus seeds {meta['first_seed']}..{meta['first_seed'] + meta['clips'] - 1} "
              f"({meta['clips']} clips x {meta['seconds']} s); command: `{meta['command']}`", "",
-             "| system | steps | sync median \\|offset\\| (ms) | sync conf (median) | corpus-FD | KID | model s/chunk |",
+             "| system | steps | sync median \\|offset\\| (ms) | sync conf (median) | corpus-FD | KID "
+             "| model s/chunk |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         s = r["summary"]
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         systems = [(n, args.mf if d == "assets/model" else str(Path(args.runs) / Path(d).relative_to("runs")), st)
                    for n, d, st in DEFAULT_SYSTEMS]
         fd_floor = corpus_frechet(floor_frames, ref_frames, extractor=extractor)
-        results = [{"system": "real corpus vs real corpus (noise floor)", "steps": None, "summary": summarise(floor_rows),
-                    "fd": fd_floor["fd"], "kid": fd_floor["kid_mean"], "rows": floor_rows}]
+        results = [{"system": "real corpus vs real corpus (noise floor)", "steps": None,
+                    "summary": summarise(floor_rows), "fd": fd_floor["fd"], "kid": fd_floor["kid_mean"],
+                    "rows": floor_rows}]
         for name, folder, steps_list in systems:
             if not (Path(folder) / "config.json").is_file():
                 log(f"skip {name}: no weights at {folder}")

@@ -1,7 +1,10 @@
 """The Mutual Forcing network: a dual-tower, block-causal audio-video flow transformer with a KV cache.
 
 Owns ``MFTransformer`` (diffusers ``ModelMixin`` + ``ConfigMixin``); its cache is ``mf.kv_cache.KVCache``
-and its blocks live in ``mf.layers``.
+and its blocks live in ``mf.layers`` (``Block.forward``, one pass planned by a ``PassPlan``). Longer than
+400 lines because its five passes (forward, write_cache, step_and_write, forward_teacher_forcing,
+prefix_kv) share one set of private helpers (token layout, attention mask, embeddings) that read the
+model's weights and config; splitting them out would only move ``self`` into their arguments.
 
 Structure
 - Two towers. The video tower owns the patch embedding (2x2 patches of the [C, 8, 8] latent -> 16
@@ -55,7 +58,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from mf.conditions import Conditions
 from mf.configs import ModelConfig, get_preset
 from mf.constants import MELS_PER_FRAME
-from mf.kv_cache import PREFIX_CHUNK, KVCache  # noqa: F401  (KVCache: re-exported, part of this API)
+from mf.kv_cache import PREFIX_CHUNK, KVCache
 from mf.layers import DENOISE, PREFIX, WRITE, Block, Layout, PassPlan, ScalarEmbed
 
 # Token groups for the attention rule.

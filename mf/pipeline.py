@@ -186,13 +186,13 @@ def reference_frame(character_id: int, size: int, seed: int = 0) -> tuple[np.nda
 def build_conditions(studio: Studio, *, seed: int, n_chunks: int, text: str | None,
                      character_id: int | None) -> tuple[Conditions, str]:
     """Conditions (batch 1) for a clip of ``n_chunks`` chunks, and a note about the script."""
-    cfg = studio.config
+    config = studio.config
     cid = int(seed) if character_id is None else int(character_id)
     frame, attributes = reference_frame(cid, studio.video_codec.frame_size, seed)
     ref = studio.video_codec.encode(frame[None]).to(studio.device, torch.float32)
-    ids, dropped, note = script_phone_ids(text, n_chunks * cfg.mels_per_chunk, seed)
-    if int(ids.max(initial=0)) >= cfg.n_phonemes:
-        raise ValueError(f"the script uses phoneme id {int(ids.max())}, the model knows {cfg.n_phonemes}")
+    ids, dropped, note = script_phone_ids(text, n_chunks * config.mels_per_chunk, seed)
+    if int(ids.max(initial=0)) >= config.n_phonemes:
+        raise ValueError(f"the script uses phoneme id {int(ids.max())}, the model knows {config.n_phonemes}")
     cond = Conditions(ref_latent=ref, attributes=torch.from_numpy(attributes)[None].to(studio.device),
                       phone_ids=torch.from_numpy(ids)[None].to(studio.device),
                       text_dropped=torch.tensor([dropped], device=studio.device))
@@ -229,13 +229,14 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
     wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
     the fused cache-write pass runs on twice the torch threads (at most the machine's cores) while
-    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps. The write is the one fixed cost per
-    chunk that the network evaluations do not amortise (see eval.bench's ratio_50_over_4).
+    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps.
+    The write is the one fixed cost per chunk that the network evaluations do not amortise (see
+    eval.bench's ratio_50_over_4).
     """
     _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
     schedule = make_schedule(int(steps), mode=mode, shift=shift)
-    model, cfg = studio.model, studio.config
-    fc = cfg.frames_per_chunk
+    model, config = studio.model, studio.config
+    fc = config.frames_per_chunk
     total_frames = int(round(seconds * FPS))
     total_frames = max(total_frames, 1)
     n_chunks = math.ceil(total_frames / fc)
@@ -249,7 +250,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     def amp():  # a fresh autocast context per use (bf16 on CUDA; nothing on CPU)
         return torch.autocast(device_type="cuda", dtype=studio.dtype) if use_amp else nullcontext()
     branches = 2 if use_cfg else 1
-    c, h, m = cfg.video_channels, cfg.latent_size, cfg.n_mels
+    c, h, m = config.video_channels, config.latent_size, config.n_mels
 
     # Grad mode and autocast are thread-local and would leak to the consumer across `yield`, so every
     # computation below enters them itself.
@@ -285,7 +286,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                     first_pass_done.set()
         gen = torch.Generator().manual_seed(chunk_seed(seed, k))
         noise_v = torch.randn((1, fc, c, h, h), generator=gen).to(device)
-        noise_a = torch.randn((1, cfg.mels_per_chunk, m), generator=gen).to(device)
+        noise_a = torch.randn((1, config.mels_per_chunk, m), generator=gen).to(device)
         write = "never" if k == n_chunks - 1 else ("defer" if fuse_cache_write else "now")
         if widen:
             torch.set_num_threads(wide_threads)

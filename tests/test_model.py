@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -53,7 +55,7 @@ def test_presets_are_frozen_configs_with_consistent_token_counts():
     tiny = get_preset("tiny")
     assert tiny.tokens_per_frame == 16 and tiny.audio_tokens_per_chunk == 8 and tiny.tokens_per_chunk == 72
     assert tiny.video_channels == 8 and tiny.n_mels == 80
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         tiny.dim = 1  # frozen
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("huge")

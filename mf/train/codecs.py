@@ -26,10 +26,12 @@ from mf.train.codec_data import REFERENCE_FILE, render_clips, write_reference
 from mf.train.codec_trainers import fit_latent_normalisation, train_audio_codec, train_video_codec
 
 TRAIN_PRESETS: dict[str, dict] = {
-    "micro": dict(codec="micro", crop_fraction=0.5, train_clips=3, clip_seconds=1.0, video_steps=4, video_batch=4, video_lr=2e-3,
+    "micro": dict(codec="micro", crop_fraction=0.5, train_clips=3, clip_seconds=1.0,
+                  video_steps=4, video_batch=4, video_lr=2e-3,
                   audio_steps=4, audio_batch=2, audio_segment_frames=32, audio_lr=1e-3,
                   max_minutes=2.0),
-    "tiny": dict(codec="tiny", crop_fraction=0.85, train_clips=256, clip_seconds=2.0, video_steps=4000, video_batch=24, video_lr=2e-3,
+    "tiny": dict(codec="tiny", crop_fraction=0.85, train_clips=256, clip_seconds=2.0,
+                 video_steps=4000, video_batch=24, video_lr=2e-3,
                  audio_steps=4000, audio_batch=12, audio_segment_frames=64, audio_lr=1e-3,
                  max_minutes=10.0),
 }
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             audio.fit_normalisation(waves)
         losses = train_audio_codec(audio, waves, steps=args.audio_steps or preset["audio_steps"],
                                    batch_size=args.audio_batch or preset["audio_batch"],
-                                   segment_frames=preset["audio_segment_frames"], lr=args.audio_lr or preset["audio_lr"],
+                                   segment_frames=preset["audio_segment_frames"],
+                                   lr=args.audio_lr or preset["audio_lr"],
                                    seed=args.seed, max_minutes=max_minutes, log_path=run_dir / "audio_loss.csv")
         summary.update(audio_steps=len(losses), audio_batch=args.audio_batch or preset["audio_batch"],
                        audio_train_s=round(time.perf_counter() - t0, 1),

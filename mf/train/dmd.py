@@ -4,7 +4,7 @@ The generator's few-step sample x (with gradient through its last jump) is re-no
 t'; two score models denoise it without gradient:
   real: the stop-gradient multi-step mode (d = 0) of the SAME network in Mutual Forcing (a frozen
         stage-2 copy in baseline E), with classifier-free guidance
-            u_real = u_uncond + cfg * (u_cond - u_uncond)
+            u_real = u_uncond + scale * (u_cond - u_uncond)   (scale: the guidance scale, dmd_cfg)
   fake: a separate network trained online (flow matching) on the generator's detached samples.
 The KL gradient in x0 space is  g = x0_fake(x_t') - x0_real(x_t'),  normalised per sample by the
 mean |x - x0_real| (DMD2), and applied through the surrogate  0.5 * ||x - sg(x - g)||^2, whose
