@@ -1,6 +1,7 @@
 """One sampler for every step count: schedules are data, a chunk is sampled by one loop.
 
-Owns ``Schedule`` / ``make_schedule``, ``sample_chunk`` and THE update rule, ``flow_step``.
+Owns ``Schedule`` / ``make_schedule``, ``sample_chunk``, THE update rule ``flow_step`` and the guidance
+rule ``guide``.
 
 Flow conventions (docs/ARCHITECTURE.md): ``x_t = (1 - t) x0 + t eps``; the network predicts the average
 velocity ``u(x_t, t, d)`` over the jump ``t -> t - d``; one update is ``x_{t-d} = x_t - d u``
@@ -40,6 +41,11 @@ def flow_step(x: torch.Tensor, u: torch.Tensor, d: float | torch.Tensor) -> torc
     ``mf.train.flow_matching.per_frame``); ``d = t`` jumps straight to the clean estimate ``x0``.
     """
     return x - d * u
+
+
+def guide(u_cond: torch.Tensor, u_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``u_uncond + scale (u_cond - u_uncond)`` (scale 1 = the conditional u)."""
+    return u_uncond + scale * (u_cond - u_uncond)
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,7 @@ def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: to
         u_v, u_a = model(in_v, in_a, t, d, cond_in, kv_cache=cache)
     if use_cfg:
         (c_v, n_v), (c_a, n_a) = u_v.chunk(2), u_a.chunk(2)
-        u_v = n_v + cfg_scale * (c_v - n_v)
-        u_a = n_a + cfg_scale * (c_a - n_a)
+        u_v, u_a = guide(c_v, n_v, cfg_scale), guide(c_a, n_a, cfg_scale)
     return u_v, u_a
 
 

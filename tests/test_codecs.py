@@ -262,3 +262,26 @@ def test_parallel_training_passes_every_override_to_both_children(tmp_path, monk
         for flag, value in (("--train-clips", "5"), ("--video-batch", "7"), ("--crop-fraction", "0.0"),
                             ("--workers", "3"), ("--audio-steps", "9"), ("--device", "cpu")):
             assert cmd[cmd.index(flag) + 1] == value, (flag, cmd)
+
+
+# ----------------------------------------------------------------------------------------- evaluation (eval)
+def test_codec_evaluation_uses_the_shared_pesq_and_held_out_seeds(video_micro, audio_micro, one_thread):
+    from eval.codec_eval import evaluate, pesq_wb
+    from mf.constants import HELDOUT_SEED_START
+    from mf.data import render_clip
+
+    speech = render_clip(HELDOUT_SEED_START + 3, 1.5).audio
+    assert pesq_wb(speech, speech) > 4.0          # identical speech scores near the top of the scale
+    assert pesq_wb(np.zeros_like(speech), speech) is None   # no speech in the reference: not scored
+    report = evaluate(video_micro, audio_micro, n_clips=1, seconds=1.0, griffin_lim_clips=0)
+    assert report["heldout_seeds"] == [HELDOUT_SEED_START, HELDOUT_SEED_START]
+    assert report["video_clips"] == 1 and np.isfinite(report["video_psnr_db_mean"])
+    assert report["audio_clips"] + report["audio_clips_without_speech"] == 1
+    assert report["decode"]["ratio"] > 0 and report["bars"]["audio_pesq_wb"] == 3.0
+
+
+def test_codec_evaluation_cli_names_a_missing_folder(tmp_path, capsys):
+    from eval.codec_eval import main
+
+    assert main(["--codecs", str(tmp_path / "no_codecs_here"), "--clips", "1"]) == 2
+    assert "no_codecs_here" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from mf.sampler import guide
 from mf.train.flow_matching import Pair, noised_pair, pair_mse, randn_pair
 
 DMD_T_RANGE = (0.02, 0.98)
@@ -28,7 +29,8 @@ ScoreFn = Callable[[Pair, torch.Tensor], Pair]   # (x_t chunk, t [B, 1]) -> velo
 
 
 def cfg_combine(u_cond: Pair, u_uncond: Pair, scale: float) -> Pair:
-    return u_uncond.map(lambda un, c: un + scale * (c - un), u_cond)
+    """Classifier-free guidance of the real score, per modality (``mf.sampler.guide``)."""
+    return u_uncond.map(lambda un, c: guide(c, un, scale), u_cond)
 
 
 def dmd_generator_loss(x: Pair, real_score: ScoreFn, fake_score: ScoreFn, gen: torch.Generator, *,
