@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from mf.configs import MAX_SECONDS, ModelConfig
 from mf.constants import FPS, SAMPLES_PER_FRAME
 from mf.model import MFTransformer
 from mf.sampler import make_schedule, sample_chunk
+
+if TYPE_CHECKING:
+    from mf.codecs import AudioCodec, VideoCodec
 
 DEFAULT_PRESET = "tiny"
 AUDIO_CONTEXT_MELS = 16  # left context (mel frames) the vocoder sees when decoding a chunk
@@ -52,7 +55,7 @@ class Chunk:
     video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
     audio_latents: torch.Tensor   # [Fc * 4, n_mels]
     timings: dict                 # model_s, decode_s, nfe, cache_writes
-    step_latents: list | None     # [(video [Fc,C,h,w], audio [Fc*4,M])] after each denoising step
+    step_latents: list[tuple[torch.Tensor, torch.Tensor]] | None  # [(video [Fc,C,h,w], audio [Fc*4,M])] per step
     seed: int
     start_frame: int = 0          # first video frame of this chunk in the clip
     note: str = ""                # on the first chunk: how the script was made (e.g. cut to length)
@@ -65,8 +68,8 @@ class Chunk:
 @dataclass
 class Studio:
     model: MFTransformer
-    video_codec: object
-    audio_codec: object
+    video_codec: VideoCodec
+    audio_codec: AudioCodec
     trained: bool                 # False: the model has initial (untrained) weights
     codecs_trained: bool
     message: str                  # what was loaded, for the user
@@ -92,7 +95,7 @@ def _check_compatible(config: ModelConfig, video_codec, audio_codec, where: str)
 def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None, preset: str = DEFAULT_PRESET,
                 codec_preset: str = "tiny", *, model_dir: str | os.PathLike | None = None,
-                codecs: tuple | None = None) -> Studio:
+                codecs: tuple[VideoCodec, AudioCodec] | None = None) -> Studio:
     """Model + codecs from ``assets/model`` and ``assets/codecs``; initial weights where they are absent.
 
     ``dtype``: float32 on CPU; bfloat16 autocast on CUDA by default. ``preset`` / ``codec_preset``
