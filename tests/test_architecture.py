@@ -5,6 +5,7 @@
 - ``load_studio(model_dir=..., codecs=...)`` loads a given checkpoint with already loaded codecs and
   names a folder without weights;
 - the one update rule ``flow_step`` is what ``Schedule.step`` and the training ``Pair.step`` apply.
+- ``sample_chunk(grad="last")`` (the DMD sample) keeps the gradient of the last step only.
 """
 
 from __future__ import annotations
@@ -84,3 +85,35 @@ def test_every_update_is_the_one_flow_step():
     stepped = pair.step(Pair(u, torch.ones(2, 8, 16)), d, frames_per_chunk=2)
     assert torch.equal(stepped.video[0], x[0] - 0.5 * u[0]) and torch.equal(stepped.video[1], x[1] - 0.25 * u[1])
     assert torch.equal(stepped.audio[1], pair.audio[1] - 0.25)
+
+
+def test_sampler_can_keep_the_gradient_of_the_last_step_only():
+    from mf.conditions import Conditions
+    from mf.model import MFTransformer
+    from mf.sampler import make_schedule, sample_chunk
+
+    torch.manual_seed(0)
+    model = MFTransformer.from_preset("micro")
+    config = model.model_config
+    with torch.no_grad():  # zero-initialised heads would give a velocity without any input dependence
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    cond = Conditions(ref_latent=torch.randn(1, config.video_channels, config.latent_size, config.latent_size),
+                      attributes=torch.zeros(1, config.attr_dim),
+                      phone_ids=torch.zeros(1, config.mels_per_chunk, dtype=torch.long),
+                      text_dropped=torch.zeros(1, dtype=torch.bool))
+    grads = {}
+    for grad in ("all", "last"):
+        noise_v = torch.randn(1, config.frames_per_chunk, config.video_channels, config.latent_size,
+                              config.latent_size, requires_grad=True)
+        noise_a = torch.randn(1, config.mels_per_chunk, config.n_mels, requires_grad=True)
+        with torch.no_grad():
+            cache = model.new_cache(cond)
+        model.zero_grad()
+        out = sample_chunk(model, cache, cond, noise_v, noise_a, make_schedule(4), write="never", grad=grad)
+        (out.video.square().sum() + out.audio.square().sum()).backward()
+        grads[grad] = (noise_v.grad, model.video_out.weight.grad)
+    assert grads["all"][0] is not None and float(grads["all"][0].abs().sum()) > 0
+    assert grads["last"][0] is None                 # the noise only reaches the last step through no-grad steps
+    assert float(grads["last"][1].abs().sum()) > 0  # ... but the last step's network pass carries gradient
+    assert torch.is_grad_enabled()                  # the caller's grad mode is restored
