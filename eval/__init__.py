@@ -9,4 +9,8 @@ Modules (import the one you need; nothing heavy is imported here):
 * ``eval.features``      the offline corpus feature extractor behind corpus-FD (and its training command)
 * ``eval.score``         ``score_sets(generated, reference, metrics, windows, progress) -> Report``
 * ``eval.plots``         plotly figures of a ``Report``
+* ``eval.bench``         speed and memory benchmark of the shipped generator (``python -m eval.bench``)
+* ``eval.ablation``      systems x steps x metrics table of the model card (``python -m eval.ablation``)
+* ``eval.sheet``         contact sheet of real vs generated frames and spectrograms (``python -m eval.sheet``)
+* ``eval.codec_eval``    codec PSNR / PESQ-wb / decode cost on held-out seeds (``python -m eval.codec_eval``)
 """

@@ -7,7 +7,6 @@ Offsets follow SyncNet's sign convention: positive = audio leads video.
 
 FPS = 25
 SAMPLE_RATE = 16_000
-FRAME_SIZE = 64
 HOP = 160
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MELS_PER_FRAME = SAMPLES_PER_FRAME // HOP  # 4

@@ -1,7 +1,13 @@
 """Building blocks of ``mf.model.MFTransformer``: scalar embeddings, rotary helpers, the per-pass token
-layout and one modality tower of a joint-attention block.
+layout, the pass plan, joint attention and the block.
 
-Owns nothing stateful; the model composes these (two ``_Tower``s per ``_Block``, one joint softmax).
+Owns nothing stateful; the model composes these: ``depth`` ``Block``s, each two ``Tower``s (video,
+audio) with one joint softmax over [video tokens; audio tokens] (MM-DiT style). One pass of the model
+runs every block over the tokens of S segments (chunks) with a ``Layout`` (positions, segment ids) and
+a ``PassPlan`` (what the pass must produce).
+
+Shapes: B batch, S segments, Vt / At video / audio tokens per segment, D width, H heads, hd = D / H,
+N = S * (Vt + At) tokens of the pass, Nctx context keys (prefix + cached history).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def _sinusoid_freqs(dim: int) -> torch.Tensor:
@@ -18,7 +25,7 @@ def _sinusoid_freqs(dim: int) -> torch.Tensor:
     return torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
 
 
-class _ScalarEmbed(nn.Module):
+class ScalarEmbed(nn.Module):
     """Sinusoidal features of a scalar in [0, 1] (flow time or step size, x1000) -> MLP -> [..., dim]."""
 
     def __init__(self, dim: int, freq_dim: int = 128):
@@ -39,12 +46,13 @@ def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [..., N, hd] with interleaved tables cos, sin [N, hd]."""
     return x * cos + _rotate_pairs(x) * sin
 
 
 @dataclass
-class _Layout:
+class Layout:
     """Per-token bookkeeping of one pass: segments (chunks) in order, video tokens first then audio."""
 
     chunks: list[int]           # absolute chunk index of each segment
@@ -58,7 +66,7 @@ class _Layout:
     token_seg: torch.Tensor     # [N] segment index per token
 
 
-class _Tower(nn.Module):
+class Tower(nn.Module):
     """One modality's half of a block: norms, qkv/out projections, qk-norm and MLP."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
@@ -91,9 +99,133 @@ class _Tower(nn.Module):
         return x + gate2 * self.mlp(h)
 
 
-class _Block(nn.Module):
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What one pass through the blocks must produce (``MFTransformer`` has one plan per path)."""
+
+    prefix: bool = False      # the reference-frame prefix: no time rotation, attends only to itself
+    keys_only: bool = False   # the last block stops after its keys/values (cache writes, the prefix)
+    outputs_from: int = 0     # segments before this one need only keys (clean chunks of a fused or
+    #                           teacher-forcing pass): the last block answers the others' queries only
+
+
+DENOISE = PassPlan()                              # forward(): velocities of every segment
+WRITE = PassPlan(keys_only=True)                  # write_cache(): keys/values of one clean chunk
+PREFIX = PassPlan(prefix=True, keys_only=True)    # prefix_kv(): keys/values of the reference frame
+
+
+# On CPU, up to this many query tokens attention runs as explicit matmuls (faster than SDPA for one
+# tiny-preset chunk, 72 queries: 14 vs 15 ms a step); longer passes (the fused write + step, 144 queries:
+# 26 vs 34 ms, whose score matrix no longer fits in L2; teacher forcing in training) and all GPU passes
+# use the fused SDPA kernel (measured on the 2-core CPU, 1 thread).
+MANUAL_ATTENTION_MAX_QUERIES = 100
+
+
+def attend(q: torch.Tensor, q_sp: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: tuple,
+           mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention of queries over [prefix keys; history keys; this pass's keys].
+
+    q, q_sp [B, H, Nq, hd] (full and spatial-only rotation), k, v [B, H, N, hd], ctx = (prefix_k,
+    prefix_v, history_k | None, history_v | None), mask [Nq, Nctx + N] or None -> [B, H, Nq, hd].
+    Prefix keys are scored against the queries' spatial-only rotation ``q_sp``, all other keys
+    against the full rotation ``q``. Streaming-sized passes (a chunk or two of queries) compute the
+    score blocks separately (cheapest at this size); long training passes run one fused SDPA kernel
+    on zero-padded products [q, q_sp] . [k, 0] and [q, q_sp] . [0, k_prefix], which are the same sums.
+    """
+    pk, pv, hk, hv = ctx
+    pk, pv = pk.to(q.dtype), pv.to(q.dtype)
+    head_dim = q.shape[-1]
+    scale = head_dim ** -0.5
+    if q.device.type == "cpu" and q.shape[2] <= MANUAL_ATTENTION_MAX_QUERIES:
+        # two score blocks: prefix (spatial-only queries) and [history; this pass] (full queries)
+        if hk is not None:
+            k = torch.cat([hk.to(q.dtype), k], dim=2)
+            v = torch.cat([hv.to(q.dtype), v], dim=2)
+        n_prefix = pk.shape[2]
+        # Scale the queries, not the [Nq, Nk] scores: 15x fewer multiplications at a chunk's size.
+        scores = torch.cat([torch.matmul(q_sp * scale, pk.transpose(-1, -2)),
+                            torch.matmul(q * scale, k.transpose(-1, -2))], dim=-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        return torch.matmul(probs[..., :n_prefix], pv) + torch.matmul(probs[..., n_prefix:], v)
+    keys = [torch.cat([torch.zeros_like(pk), pk], dim=-1)]
+    vals = [pv]
+    if hk is not None:
+        keys.append(torch.cat([hk.to(q.dtype), torch.zeros_like(hk, dtype=q.dtype)], dim=-1))
+        vals.append(hv.to(q.dtype))
+    keys.append(torch.cat([k, torch.zeros_like(k)], dim=-1))
+    vals.append(v)
+    values = torch.cat(vals, dim=2)
+    # Equal q/k/v widths let PyTorch pick its fused (flash) CPU kernel: pad v too, slice after.
+    values = torch.cat([values, torch.zeros_like(values)], dim=-1)
+    out = F.scaled_dot_product_attention(torch.cat([q, q_sp], dim=-1), torch.cat(keys, dim=2), values,
+                                         attn_mask=mask, scale=scale)
+    return out[..., :head_dim]
+
+
+class Block(nn.Module):
+    """One joint-attention block: per-tower adaLN, qkv and MLP, one softmax over both towers' tokens."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.video = _Tower(dim, heads, mlp_ratio)
-        self.audio = _Tower(dim, heads, mlp_ratio)
+        self.video = Tower(dim, heads, mlp_ratio)
+        self.audio = Tower(dim, heads, mlp_ratio)
         self.heads = heads
+
+    def forward(self, xv: torch.Tensor, xa: torch.Tensor, mod_v: torch.Tensor | None, mod_a: torch.Tensor | None,
+                rope: tuple, ctx: tuple | None, mask: torch.Tensor | None, layout: Layout, plan: PassPlan,
+                last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """xv [B, S, Vt, D], xa [B, S, At, D] (either may have 0 tokens) -> (xv, xa, (k, v)).
+
+        mod_v / mod_a [B, S, 6, D]: the pass's shared adaLN modulation (None for a tower without
+        tokens); this block adds its own table. rope = (cos, sin, cos_sp, sin_sp) [N, hd] in the
+        tokens' dtype. ctx: this layer's context (see ``attend``), None in the prefix pass. Returns
+        the rotated keys/values of this pass's tokens, k, v [B, H, N, hd]. On the ``last`` block the
+        plan may stop after the keys (xv, xa come back unchanged) or keep only segments
+        ``plan.outputs_from..`` (xv, xa come back with S - outputs_from segments).
+        """
+        b, s, vt, d = xv.shape
+        at = xa.shape[2]
+        cos, sin, cos_sp, sin_sp = rope
+        parts = []
+        if vt:
+            mod_v = mod_v + self.video.mod_table
+            parts.append(self.video.qkv_heads(xv, mod_v))
+        if at:
+            mod_a = mod_a + self.audio.mod_table
+            parts.append(self.audio.qkv_heads(xa, mod_a))
+        if len(parts) == 2:
+            q, k, v = (torch.cat([pv_, pa_], 1) for pv_, pa_ in zip(*parts))
+        else:
+            q, k, v = parts[0]
+        # [B, N, H, hd] -> [B, H, N, hd]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if plan.prefix:  # the prefix has no time: spatial rotation only, attends to itself
+            k = apply_rope(k, cos_sp, sin_sp)
+            if plan.keys_only and last:
+                return xv, xa, (k, v)
+            out = F.scaled_dot_product_attention(apply_rope(q, cos_sp, sin_sp), k, v)
+        else:
+            k = apply_rope(k, cos, sin)
+            if plan.keys_only and last:
+                return xv, xa, (k, v)
+            q_full, q_sp, rows = apply_rope(q, cos, sin), apply_rope(q, cos_sp, sin_sp), mask
+            j = plan.outputs_from
+            if j and last:  # only segments j.. need outputs: answer their queries only
+                keep = (layout.token_seg >= j).nonzero().squeeze(1)
+                q_full, q_sp = q_full.index_select(2, keep), q_sp.index_select(2, keep)
+                rows = None if mask is None else mask.index_select(0, keep)
+                xv, xa = xv[:, j:], xa[:, j:]
+                mod_v = mod_v[:, j:] if vt else None
+                mod_a = mod_a[:, j:] if at else None
+                s = s - j
+            out = attend(q_full, q_sp, k, v, ctx, rows)
+        out = out.transpose(1, 2).reshape(b, -1, d)   # [B, N', D]: video tokens of all segments, then audio
+        if vt:
+            xv = self.video.finish(xv, out[:, : s * vt], mod_v)
+        if at:
+            xa = self.audio.finish(xa, out[:, s * vt:], mod_a)
+        return xv, xa, (k, v)

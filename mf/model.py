@@ -1,7 +1,10 @@
 """The Mutual Forcing network: a dual-tower, block-causal audio-video flow transformer with a KV cache.
 
 Owns ``MFTransformer`` (diffusers ``ModelMixin`` + ``ConfigMixin``); its cache is ``mf.kv_cache.KVCache``
-and its blocks live in ``mf.layers``.
+and its blocks live in ``mf.layers`` (``Block.forward``, one pass planned by a ``PassPlan``). Longer than
+400 lines because its five passes (forward, write_cache, step_and_write, forward_teacher_forcing,
+prefix_kv) share one set of private helpers (token layout, attention mask, embeddings) that read the
+model's weights and config; splitting them out would only move ``self`` into their arguments.
 
 Structure
 - Two towers. The video tower owns the patch embedding (2x2 patches of the [C, 8, 8] latent -> 16
@@ -20,7 +23,7 @@ Structure
 - Reference frame: patch-embedded by the video tower (+ a learned prefix embedding), run once
   through the blocks at t = d = 0; its keys/values form the global prefix every chunk attends to.
   The prefix has no time: its keys carry only the spatial rotation, and queries meet them with their
-  spatial rotation only (``_attend``). So the sink is equally visible after 1 s and after 100 s, and
+  spatial rotation only (``mf.layers.attend``). So the sink is equally visible after 1 s and after 100 s, and
   with the rolling window no relative time in attention ever exceeds the window: long generation
   never leaves the range seen in training.
 
@@ -43,31 +46,39 @@ Paths
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import threading
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from mf.conditions import Conditions
 from mf.configs import ModelConfig, get_preset
 from mf.constants import MELS_PER_FRAME
-from mf.data.characters import CHARACTER_ATTR_DIM
-from mf.data.phonemes import N_PHONEMES
-from mf.kv_cache import PREFIX_CHUNK, KVCache  # noqa: F401  (KVCache: re-exported, part of this API)
-from mf.layers import _apply_rope, _Block, _Layout, _ScalarEmbed
+from mf.kv_cache import PREFIX_CHUNK, KVCache
+from mf.layers import DENOISE, PREFIX, WRITE, Block, Layout, PassPlan, ScalarEmbed
 
 # Token groups for the attention rule.
 GROUP_HISTORY = 1   # clean chunks (cache or teacher forcing) and causal inputs: visible to later chunks
 GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their own chunk
-# On CPU, up to this many query tokens attention runs as explicit matmuls (faster than SDPA for one
-# tiny-preset chunk, 72 queries: 14 vs 15 ms a step); longer passes (the fused write + step, 144 queries:
-# 26 vs 34 ms, whose score matrix no longer fits in L2; teacher forcing in training) and all GPU passes
-# use the fused SDPA kernel (measured on the 2-core CPU, 1 thread).
-MANUAL_ATTENTION_MAX_QUERIES = 100
 _MEMO_LOCK = threading.Lock()
+
+
+def _signature_of_model_config(init):
+    """Give ``init`` the signature ``(self, *, <every ModelConfig field> = its default)``.
+
+    diffusers' ``register_to_config`` and ``from_pretrained`` read the ``__init__`` signature to know
+    which config keys to save and pass back; deriving it from the dataclass keeps ``ModelConfig`` the
+    one list of fields.
+    """
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                 annotation=f.type) for f in dataclasses.fields(ModelConfig)]
+    init.__signature__ = inspect.Signature(params)
+    return init
 
 
 class MFTransformer(ModelMixin, ConfigMixin):
@@ -76,37 +87,34 @@ class MFTransformer(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = False
 
     @register_to_config
-    def __init__(self, video_channels: int = 8, latent_size: int = 8, patch_size: int = 2, n_mels: int = 80,
-                 mels_per_audio_token: int = 2, n_phonemes: int = N_PHONEMES, attr_dim: int = CHARACTER_ATTR_DIM,
-                 dim: int = 192, depth: int = 4, heads: int = 4, mlp_ratio: float = 3.0, frames_per_chunk: int = 4,
-                 window_chunks: int = 8, rope_theta: float = 10_000.0):
-        # Defaults = the tiny preset; prefer MFTransformer.from_preset(name) (mf.configs.PRESETS).
+    @_signature_of_model_config
+    def __init__(self, **fields):
+        """Keyword arguments: the fields of ``mf.configs.ModelConfig`` (defaults = the tiny preset);
+        prefer ``MFTransformer.from_preset(name)``. The typed config is ``self.model_config``; diffusers
+        keeps the same fields as ``self.config`` (what ``save_pretrained`` writes)."""
         super().__init__()
-        cfg = ModelConfig(video_channels=video_channels, latent_size=latent_size, patch_size=patch_size,
-                          n_mels=n_mels, mels_per_audio_token=mels_per_audio_token, n_phonemes=n_phonemes,
-                          attr_dim=attr_dim, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
-                          frames_per_chunk=frames_per_chunk, window_chunks=window_chunks, rope_theta=rope_theta)
-        self.cfg = cfg
-        p = patch_size
-        self.head_dim = dim // heads
+        self.model_config = config = ModelConfig(**fields)
+        dim, p, n_mels = config.dim, config.patch_size, config.n_mels
+        video_channels, mels_per_audio_token = config.video_channels, config.mels_per_audio_token
+        self.head_dim = dim // config.heads
         # --- inputs ---
         self.video_in = nn.Linear(video_channels * p * p, dim)
         self.audio_in = nn.Linear(mels_per_audio_token * n_mels, dim)
         self.prefix_embed = nn.Parameter(torch.zeros(dim))
-        self.video_phone = nn.Embedding(n_phonemes, dim)
-        self.audio_phone = nn.Embedding(n_phonemes, dim)
+        self.video_phone = nn.Embedding(config.n_phonemes, dim)
+        self.audio_phone = nn.Embedding(config.n_phonemes, dim)
         self.video_no_script = nn.Parameter(torch.zeros(dim))
         self.audio_no_script = nn.Parameter(torch.zeros(dim))
         # --- conditioning (adaLN-single) ---
-        self.t_embed = _ScalarEmbed(dim)
-        self.d_embed = _ScalarEmbed(dim)
-        self.attr_embed = nn.Linear(attr_dim, dim)
+        self.t_embed = ScalarEmbed(dim)
+        self.d_embed = ScalarEmbed(dim)
+        self.attr_embed = nn.Linear(config.attr_dim, dim)
         self.video_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.audio_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.video_final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.audio_final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         # --- blocks and outputs ---
-        self.blocks = nn.ModuleList([_Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(dim, config.heads, config.mlp_ratio) for _ in range(config.depth)])
         self.video_norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.audio_norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.video_out = nn.Linear(dim, video_channels * p * p)
@@ -140,7 +148,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
     def _rope_freqs(self) -> None:
         pairs = self.head_dim // 2
         n_time, n_space = pairs // 2, pairs // 4
-        time_freqs = self.cfg.rope_theta ** (-torch.arange(n_time, dtype=torch.float32) / n_time)
+        time_freqs = self.model_config.rope_theta ** (-torch.arange(n_time, dtype=torch.float32) / n_time)
         space_freqs = 100.0 ** (-torch.arange(n_space, dtype=torch.float32) / n_space)
         self.register_buffer("time_freqs", time_freqs, persistent=False)
         self.register_buffer("space_freqs", space_freqs, persistent=False)
@@ -156,7 +164,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         return full.cos(), full.sin(), space.cos(), space.sin()
 
     def _layout(self, chunks: list[int], groups: list[int], device, with_video: bool = True,
-                with_audio: bool = True) -> _Layout:
+                with_audio: bool = True) -> Layout:
         """Token positions for segments = chunks (video tokens of all segments first, then audio).
 
         Memoised (a few entries): the 4..50 steps of one chunk share one layout.
@@ -177,12 +185,12 @@ class MFTransformer(ModelMixin, ConfigMixin):
                 memo[key] = value
         return value
 
-    def _make_layout(self, chunks, groups, device, with_video, with_audio) -> _Layout:
-        cfg = self.cfg
-        grid = cfg.latent_size // cfg.patch_size
-        fc = cfg.frames_per_chunk if with_video else 0
-        tpf = cfg.tokens_per_frame
-        at = cfg.audio_tokens_per_chunk if with_audio else 0
+    def _make_layout(self, chunks, groups, device, with_video, with_audio) -> Layout:
+        config = self.model_config
+        grid = config.latent_size // config.patch_size
+        fc = config.frames_per_chunk if with_video else 0
+        tpf = config.tokens_per_frame
+        at = config.audio_tokens_per_chunk if with_audio else 0
         chunk_t = torch.tensor(chunks, dtype=torch.float32, device=device)
         # video: frame index (in frames) and patch row/col
         frame = (chunk_t[:, None] * fc + torch.arange(fc, device=device)).repeat_interleave(tpf, dim=1)
@@ -190,7 +198,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         cols = torch.arange(grid, device=device).repeat(grid).float()
         v_yx = torch.stack([rows, cols], dim=-1).repeat(fc * len(chunks), 1)
         # audio: first mel of the token's group, in frames (4 mels per frame)
-        mel = chunk_t[:, None] * cfg.mels_per_chunk + torch.arange(at, device=device) * cfg.mels_per_audio_token
+        mel = chunk_t[:, None] * config.mels_per_chunk + torch.arange(at, device=device) * config.mels_per_audio_token
         a_time = mel / MELS_PER_FRAME
         a_yx = torch.full((a_time.numel(), 2), (grid - 1) / 2.0, device=device)
         time_pos = torch.cat([frame.reshape(-1), a_time.reshape(-1)])
@@ -200,16 +208,16 @@ class MFTransformer(ModelMixin, ConfigMixin):
         token_seg = torch.cat([seg.repeat_interleave(fc * tpf), seg.repeat_interleave(at)])
         ch = torch.tensor(chunks, dtype=torch.long, device=device)
         gr = torch.tensor(groups, dtype=torch.long, device=device)
-        return _Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
+        return Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
 
-    def _visibility(self, layout: _Layout, ctx_chunk: torch.Tensor, ctx_key: tuple) -> torch.Tensor | None:
+    def _visibility(self, layout: Layout, ctx_chunk: torch.Tensor, ctx_key: tuple) -> torch.Tensor | None:
         """Boolean [Nq, Nctx + Nq] attention mask (None when every key is visible). Memoised."""
         key = (tuple(layout.chunks), tuple(layout.groups), int(layout.token_seg.numel()), ctx_key,
                str(ctx_chunk.device))
         return self._memo("_mask_memo", key, lambda: self._make_visibility(layout, ctx_chunk))
 
-    def _make_visibility(self, layout: _Layout, ctx_chunk: torch.Tensor) -> torch.Tensor | None:
-        w = self.cfg.window_chunks
+    def _make_visibility(self, layout: Layout, ctx_chunk: torch.Tensor) -> torch.Tensor | None:
+        w = self.model_config.window_chunks
         q_chunk = layout.token_chunk[:, None]
         n_ctx = ctx_chunk.numel()
         # context keys: prefix, or cached history inside the query's window
@@ -230,16 +238,18 @@ class MFTransformer(ModelMixin, ConfigMixin):
 
     def _phone_features(self, cond: Conditions, n_seg: int):
         """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
-        cfg = self.cfg
+        config = self.model_config
         b = cond.batch_size
         ids = cond.phone_ids
-        if ids.shape[1] != n_seg * cfg.mels_per_chunk:
-            raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, the chunks need {n_seg * cfg.mels_per_chunk}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.n_phonemes):
-            raise ValueError(f"phone_ids must lie in [0, {cfg.n_phonemes}), got [{int(ids.min())}, {int(ids.max())}]")
+        if ids.shape[1] != n_seg * config.mels_per_chunk:
+            raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, "
+                             f"the chunks need {n_seg * config.mels_per_chunk}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
+            raise ValueError(f"phone_ids must lie in [0, {config.n_phonemes}), "
+                             f"got [{int(ids.min())}, {int(ids.max())}]")
         dropped = cond.text_dropped.view(b, 1, 1, 1)
-        v = self.video_phone(ids).view(b, n_seg, cfg.frames_per_chunk, MELS_PER_FRAME, -1).mean(3)
-        a = self.audio_phone(ids).view(b, n_seg, cfg.audio_tokens_per_chunk, cfg.mels_per_audio_token, -1).mean(3)
+        v = self.video_phone(ids).view(b, n_seg, config.frames_per_chunk, MELS_PER_FRAME, -1).mean(3)
+        a = self.audio_phone(ids).view(b, n_seg, config.audio_tokens_per_chunk, config.mels_per_audio_token, -1).mean(3)
         v = torch.where(dropped, self.video_no_script.to(v.dtype), v)
         a = torch.where(dropped, self.audio_no_script.to(a.dtype), a)
         return v, a
@@ -249,155 +259,80 @@ class MFTransformer(ModelMixin, ConfigMixin):
 
         Either modality may be None (uni-modal pretraining): its tower then has no tokens (0 per chunk).
         """
-        cfg = self.cfg
-        fc, p, g = cfg.frames_per_chunk, cfg.patch_size, cfg.mels_per_audio_token
+        config = self.model_config
+        fc, p, g = config.frames_per_chunk, config.patch_size, config.mels_per_audio_token
         if video is None and audio is None:
             raise ValueError("at least one of video and audio latents is required")
         if video is None:
             b, n_mels = audio.shape[:2]
-            if n_mels % cfg.mels_per_chunk:
-                raise ValueError(f"audio has {n_mels} mel frames, not a multiple of {cfg.mels_per_chunk} per chunk")
-            s = n_mels // cfg.mels_per_chunk
+            if n_mels % config.mels_per_chunk:
+                raise ValueError(f"audio has {n_mels} mel frames, not a multiple of {config.mels_per_chunk} per chunk")
+            s = n_mels // config.mels_per_chunk
         else:
             b, n_frames = video.shape[:2]
             if n_frames % fc:
                 raise ValueError(f"video has {n_frames} frames, not a multiple of frames_per_chunk={fc}")
             s = n_frames // fc
         pv, pa = self._phone_features(cond, s)
-        d = cfg.dim
+        d = config.dim
         if audio is None:
             xa = pa.new_zeros(b, s, 0, d)
         else:
-            if audio.shape[:2] != (b, s * cfg.mels_per_chunk) or audio.shape[2] != cfg.n_mels:
-                raise ValueError(f"audio must be [B={b}, {s * cfg.mels_per_chunk}, {cfg.n_mels}] for {s} chunks, "
+            if audio.shape[:2] != (b, s * config.mels_per_chunk) or audio.shape[2] != config.n_mels:
+                raise ValueError(f"audio must be [B={b}, {s * config.mels_per_chunk}, {config.n_mels}] for {s} chunks, "
                                  f"got {tuple(audio.shape)}")
-            xa = self.audio_in(audio.reshape(b, s, cfg.audio_tokens_per_chunk, g * cfg.n_mels)) + pa
+            xa = self.audio_in(audio.reshape(b, s, config.audio_tokens_per_chunk, g * config.n_mels)) + pa
         if video is None:
             return pv.new_zeros(b, s, 0, d), xa
-        if video.shape[2:] != (cfg.video_channels, cfg.latent_size, cfg.latent_size):
-            raise ValueError(f"video latents must be [B, F, {cfg.video_channels}, {cfg.latent_size}, "
-                             f"{cfg.latent_size}], got {tuple(video.shape)}")
-        grid = cfg.latent_size // p
-        patches = (video.reshape(b, s, fc, cfg.video_channels, grid, p, grid, p)
-                   .permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, s, fc * grid * grid, cfg.video_channels * p * p))
+        if video.shape[2:] != (config.video_channels, config.latent_size, config.latent_size):
+            raise ValueError(f"video latents must be [B, F, {config.video_channels}, {config.latent_size}, "
+                             f"{config.latent_size}], got {tuple(video.shape)}")
+        grid = config.latent_size // p
+        patches = (video.reshape(b, s, fc, config.video_channels, grid, p, grid, p)
+                   .permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, s, fc * grid * grid, config.video_channels * p * p))
         xv = self.video_in(patches)
         xv = (xv.view(b, s, fc, grid * grid, -1) + pv[:, :, :, None, :]).view(b, s, fc * grid * grid, -1)
         return xv, xa
 
     def _unpatchify(self, yv: torch.Tensor | None, ya: torch.Tensor | None):
-        cfg = self.cfg
-        fc, p, grid, c = cfg.frames_per_chunk, cfg.patch_size, cfg.latent_size // cfg.patch_size, cfg.video_channels
+        config = self.model_config
+        fc, p, c = config.frames_per_chunk, config.patch_size, config.video_channels
+        grid = config.latent_size // p
         video = audio = None
         if yv is not None:
             b, s = yv.shape[:2]
             video = (yv.reshape(b, s, fc, grid, grid, c, p, p).permute(0, 1, 2, 5, 3, 6, 4, 7)
-                     .reshape(b, s * fc, c, cfg.latent_size, cfg.latent_size))
+                     .reshape(b, s * fc, c, config.latent_size, config.latent_size))
         if ya is not None:
             b, s = ya.shape[:2]
-            audio = ya.reshape(b, s * cfg.mels_per_chunk, cfg.n_mels)
+            audio = ya.reshape(b, s * config.mels_per_chunk, config.n_mels)
         return video, audio
 
     # ------------------------------------------------------------------ core pass
-    def _run_blocks(self, xv, xa, emb, layout: _Layout, ctx: list | None, ctx_chunk: torch.Tensor,
-                    ctx_key: tuple = (), prefix_pass: bool = False, kv_only: bool = False, outputs_from: int = 0):
+    def _run_blocks(self, xv, xa, emb, layout: Layout, ctx: list | None, ctx_chunk: torch.Tensor,
+                    ctx_key: tuple = (), plan: PassPlan = DENOISE):
         """Run all blocks over segment tokens xv [B,S,Vt,D], xa [B,S,At,D] (either may have 0 tokens).
 
-        ctx: per layer (prefix_k, prefix_v, history_k | None, history_v | None), or None (the prefix
-        pass itself). Returns (xv, xa, kvs), kvs[layer] = rotated (k, v) of this pass's tokens.
-        With ``kv_only`` the last block stops after its keys/values (nothing downstream needs more);
-        with ``outputs_from = j`` only segments j.. need outputs (the others are clean chunks whose keys
-        are all that matters), so the last block answers only their queries and returns only them.
+        emb [B, S, D]: the per-segment conditioning embedding (t, d, attributes). ctx: per layer
+        (prefix_k, prefix_v, history_k | None, history_v | None), or None (the prefix pass itself).
+        Returns (xv, xa, kvs), kvs[layer] = rotated (k, v) of this pass's tokens; ``plan`` says what the
+        last block may skip (``mf.layers.PassPlan``).
         """
         b, s, vt, d = xv.shape
         at = xa.shape[2]
-        mod_v_base = self.video_mod(emb).view(b, s, 6, d) if vt else None
-        mod_a_base = self.audio_mod(emb).view(b, s, 6, d) if at else None
+        mod_v = self.video_mod(emb).view(b, s, 6, d) if vt else None   # [B, S, 6, D] shared adaLN
+        mod_a = self.audio_mod(emb).view(b, s, 6, d) if at else None
         mask = None if ctx is None else self._visibility(layout, ctx_chunk, ctx_key)
-        cos, sin = layout.cos.to(xv.dtype), layout.sin.to(xv.dtype)
-        cos_sp, sin_sp = layout.cos_sp.to(xv.dtype), layout.sin_sp.to(xv.dtype)
+        rope = tuple(table.to(xv.dtype) for table in (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp))
         kvs = []
-        n_layers = len(self.blocks)
         for li, block in enumerate(self.blocks):
-            parts = []
-            if vt:
-                mod_v = mod_v_base + block.video.mod_table
-                parts.append(block.video.qkv_heads(xv, mod_v))
-            if at:
-                mod_a = mod_a_base + block.audio.mod_table
-                parts.append(block.audio.qkv_heads(xa, mod_a))
-            if len(parts) == 2:
-                q, k, v = (torch.cat([pv_, pa_], 1) for pv_, pa_ in zip(*parts))
-            else:
-                q, k, v = parts[0]
-            # [B, N, H, hd] -> [B, H, N, hd]
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if prefix_pass:  # the prefix has no time: spatial rotation only, attends to itself
-                k = _apply_rope(k, cos_sp, sin_sp)
-                kvs.append((k, v))
-                if kv_only and li == n_layers - 1:
-                    break
-                out = F.scaled_dot_product_attention(_apply_rope(q, cos_sp, sin_sp), k, v)
-            else:
-                k = _apply_rope(k, cos, sin)
-                kvs.append((k, v))
-                if kv_only and li == n_layers - 1:
-                    break
-                q_full, q_sp, rows = _apply_rope(q, cos, sin), _apply_rope(q, cos_sp, sin_sp), mask
-                if outputs_from and li == n_layers - 1:
-                    keep = (layout.token_seg >= outputs_from).nonzero().squeeze(1)
-                    q_full, q_sp = q_full.index_select(2, keep), q_sp.index_select(2, keep)
-                    rows = None if mask is None else mask.index_select(0, keep)
-                    xv, xa = xv[:, outputs_from:], xa[:, outputs_from:]
-                    mod_v = mod_v[:, outputs_from:] if vt else None
-                    mod_a = mod_a[:, outputs_from:] if at else None
-                    s = s - outputs_from
-                out = self._attend(q_full, q_sp, k, v, ctx[li], rows)
-            out = out.transpose(1, 2).reshape(b, -1, d)
-            if vt:
-                xv = block.video.finish(xv, out[:, : s * vt], mod_v)
-            if at:
-                xa = block.audio.finish(xa, out[:, s * vt:], mod_a)
+            last = li == len(self.blocks) - 1
+            xv, xa, kv = block(xv, xa, mod_v, mod_a, rope, None if ctx is None else ctx[li], mask, layout, plan,
+                               last)
+            kvs.append(kv)
         return xv, xa, kvs
 
-    def _attend(self, q, q_sp, k, v, ctx: tuple, mask: torch.Tensor | None) -> torch.Tensor:
-        """Softmax attention of queries over [prefix keys; history keys; this pass's keys].
-
-        Prefix keys are scored against the queries' spatial-only rotation ``q_sp``, all other keys
-        against the full rotation ``q``. Streaming-sized passes (a chunk or two of queries) compute the
-        score blocks separately (cheapest at this size); long training passes run one fused SDPA kernel
-        on zero-padded products [q, q_sp] . [k, 0] and [q, q_sp] . [0, k_prefix], which are the same sums.
-        """
-        pk, pv, hk, hv = ctx
-        pk, pv = pk.to(q.dtype), pv.to(q.dtype)
-        scale = self.head_dim ** -0.5
-        if q.device.type == "cpu" and q.shape[2] <= MANUAL_ATTENTION_MAX_QUERIES:
-            # two score blocks: prefix (spatial-only queries) and [history; this pass] (full queries)
-            if hk is not None:
-                k = torch.cat([hk.to(q.dtype), k], dim=2)
-                v = torch.cat([hv.to(q.dtype), v], dim=2)
-            n_prefix = pk.shape[2]
-            # Scale the queries, not the [Nq, Nk] scores: 15x fewer multiplications at a chunk's size.
-            scores = torch.cat([torch.matmul(q_sp * scale, pk.transpose(-1, -2)),
-                                torch.matmul(q * scale, k.transpose(-1, -2))], dim=-1)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            return torch.matmul(probs[..., :n_prefix], pv) + torch.matmul(probs[..., n_prefix:], v)
-        keys = [torch.cat([torch.zeros_like(pk), pk], dim=-1)]
-        vals = [pv]
-        if hk is not None:
-            keys.append(torch.cat([hk.to(q.dtype), torch.zeros_like(hk, dtype=q.dtype)], dim=-1))
-            vals.append(hv.to(q.dtype))
-        keys.append(torch.cat([k, torch.zeros_like(k)], dim=-1))
-        vals.append(v)
-        values = torch.cat(vals, dim=2)
-        # Equal q/k/v widths let PyTorch pick its fused (flash) CPU kernel: pad v too, slice after.
-        values = torch.cat([values, torch.zeros_like(values)], dim=-1)
-        out = F.scaled_dot_product_attention(torch.cat([q, q_sp], dim=-1), torch.cat(keys, dim=2), values,
-                                             attn_mask=mask, scale=scale)
-        return out[..., : self.head_dim]
-
-    def _split_kvs(self, kvs, layout: _Layout, seg: int):
+    def _split_kvs(self, kvs, layout: Layout, seg: int):
         """Keys/values of one segment out of a pass's [video of all segs; audio of all segs] tokens."""
         idx = (layout.token_seg == seg).nonzero().squeeze(1)
         return [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in kvs]
@@ -416,17 +351,17 @@ class MFTransformer(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ public API
     def prefix_kv(self, cond: Conditions) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer keys/values of the reference-frame prefix (t = d = 0)."""
-        cfg = self.cfg
+        config = self.model_config
         ref = cond.ref_latent
         b = ref.shape[0]
-        if ref.shape[1:] != (cfg.video_channels, cfg.latent_size, cfg.latent_size):
-            raise ValueError(f"ref_latent must be [B, {cfg.video_channels}, {cfg.latent_size}, {cfg.latent_size}], "
-                             f"got {tuple(ref.shape)}")
-        if cond.attributes.shape[1] != cfg.attr_dim:
-            raise ValueError(f"attributes must have {cfg.attr_dim} entries, got {cond.attributes.shape[1]}")
-        p, grid = cfg.patch_size, cfg.latent_size // cfg.patch_size
-        patches = (ref.reshape(b, cfg.video_channels, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5)
-                   .reshape(b, 1, grid * grid, cfg.video_channels * p * p))
+        if ref.shape[1:] != (config.video_channels, config.latent_size, config.latent_size):
+            raise ValueError(f"ref_latent must be [B, {config.video_channels}, {config.latent_size}, "
+                             f"{config.latent_size}], got {tuple(ref.shape)}")
+        if cond.attributes.shape[1] != config.attr_dim:
+            raise ValueError(f"attributes must have {config.attr_dim} entries, got {cond.attributes.shape[1]}")
+        p, grid = config.patch_size, config.latent_size // config.patch_size
+        patches = (ref.reshape(b, config.video_channels, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5)
+                   .reshape(b, 1, grid * grid, config.video_channels * p * p))
         xv = self.video_in(patches) + self.prefix_embed
         xa = xv.new_zeros(b, 1, 0, xv.shape[-1])
         zero = ref.new_zeros(b, 1)
@@ -437,15 +372,15 @@ class MFTransformer(ModelMixin, ConfigMixin):
         cos, sin, cos_sp, sin_sp = self._rope_tables(torch.zeros(grid * grid, device=ref.device), yx)
         n = grid * grid
         zl = torch.zeros(n, dtype=torch.long, device=ref.device)
-        layout = _Layout([PREFIX_CHUNK], [GROUP_HISTORY], cos, sin, cos_sp, sin_sp, zl + PREFIX_CHUNK,
+        layout = Layout([PREFIX_CHUNK], [GROUP_HISTORY], cos, sin, cos_sp, sin_sp, zl + PREFIX_CHUNK,
                          zl + GROUP_HISTORY, zl)
         empty = torch.zeros(0, dtype=torch.long, device=ref.device)
-        _, _, kvs = self._run_blocks(xv, xa, emb, layout, None, empty, prefix_pass=True, kv_only=True)
+        _, _, kvs = self._run_blocks(xv, xa, emb, layout, None, empty, plan=PREFIX)
         return kvs
 
     def new_cache(self, cond: Conditions) -> KVCache:
         """An empty cache holding the prefix of ``cond.ref_latent``."""
-        cache = KVCache(window=self.cfg.window_chunks)
+        cache = KVCache(window=self.model_config.window_chunks)
         cache.set_prefix(self.prefix_kv(cond))
         return cache
 
@@ -501,7 +436,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         layout = self._layout([index], [GROUP_HISTORY], xv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
         _, _, kvs = self._run_blocks(xv, xa, emb, layout, ctx, cache.context_chunk_ids, cache.context_key,
-                                     kv_only=True)
+                                     plan=WRITE)
         cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
         return cache
 
@@ -527,7 +462,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         ids = torch.full((prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=nv.device)
         ctx = [(pk, pv, None, None) for pk, pv in prefix]
         xv, xa, _ = self._run_blocks(torch.cat([cv, nv], 1), torch.cat([ca, na], 1), emb, layout, ctx, ids,
-                                     (int(ids.numel()),), outputs_from=k)
+                                     (int(ids.numel()),), plan=PassPlan(outputs_from=k))
         return self._output(xv, xa, emb[:, k:])
 
     def step_and_write(self, noisy_video, noisy_audio, t, d, clean_video, clean_audio, cond_noisy: Conditions,
@@ -548,6 +483,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         layout = self._layout([index, index + 1], [GROUP_HISTORY, GROUP_NOISY], nv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
         xv, xa, kvs = self._run_blocks(torch.cat([cv, nv], 1), torch.cat([ca, na], 1), emb, layout, ctx,
-                                       cache.context_chunk_ids, cache.context_key, outputs_from=1)
+                                       cache.context_chunk_ids, cache.context_key,
+                                       plan=PassPlan(outputs_from=1))
         cache.append(index, [(k.detach(), v.detach()) for k, v in self._split_kvs(kvs, layout, 0)])
         return self._output(xv, xa, emb[:, 1:])

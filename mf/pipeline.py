@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from mf.configs import MAX_SECONDS, ModelConfig
 from mf.constants import FPS, SAMPLES_PER_FRAME
 from mf.model import MFTransformer
 from mf.sampler import make_schedule, sample_chunk
+
+if TYPE_CHECKING:
+    from mf.codecs import AudioCodec, VideoCodec
 
 DEFAULT_PRESET = "tiny"
 AUDIO_CONTEXT_MELS = 16  # left context (mel frames) the vocoder sees when decoding a chunk
@@ -52,7 +55,7 @@ class Chunk:
     video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
     audio_latents: torch.Tensor   # [Fc * 4, n_mels]
     timings: dict                 # model_s, decode_s, nfe, cache_writes
-    step_latents: list | None     # [(video [Fc,C,h,w], audio [Fc*4,M])] after each denoising step
+    step_latents: list[tuple[torch.Tensor, torch.Tensor]] | None  # [(video [Fc,C,h,w], audio [Fc*4,M])] per step
     seed: int
     start_frame: int = 0          # first video frame of this chunk in the clip
     note: str = ""                # on the first chunk: how the script was made (e.g. cut to length)
@@ -65,8 +68,8 @@ class Chunk:
 @dataclass
 class Studio:
     model: MFTransformer
-    video_codec: object
-    audio_codec: object
+    video_codec: VideoCodec
+    audio_codec: AudioCodec
     trained: bool                 # False: the model has initial (untrained) weights
     codecs_trained: bool
     message: str                  # what was loaded, for the user
@@ -78,11 +81,11 @@ class Studio:
 
     @property
     def config(self) -> ModelConfig:
-        return self.model.cfg
+        return self.model.model_config
 
 
-def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) -> None:
-    want = (cfg.video_channels, cfg.latent_size, cfg.n_mels)
+def _check_compatible(config: ModelConfig, video_codec, audio_codec, where: str) -> None:
+    want = (config.video_channels, config.latent_size, config.n_mels)
     have = (video_codec.latent_channels, video_codec.latent_size, audio_codec.n_mels)
     if want != have:
         raise ValueError(f"{where}: the model expects latents (channels, size, n_mels) = {want} but the codecs "
@@ -91,19 +94,28 @@ def _check_compatible(cfg: ModelConfig, video_codec, audio_codec, where: str) ->
 
 def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None, preset: str = DEFAULT_PRESET,
-                codec_preset: str = "tiny") -> Studio:
+                codec_preset: str = "tiny", *, model_dir: str | os.PathLike | None = None,
+                codecs: tuple[VideoCodec, AudioCodec] | None = None) -> Studio:
     """Model + codecs from ``assets/model`` and ``assets/codecs``; initial weights where they are absent.
 
     ``dtype``: float32 on CPU; bfloat16 autocast on CUDA by default. ``preset`` / ``codec_preset``
     choose the shapes of initial weights (``micro`` for tests); a checkpoint knows its own shape.
+    ``model_dir``: this checkpoint folder instead of ``assets/model``; it must hold one (ValueError
+    naming the folder otherwise). ``codecs``: an already loaded (video_codec, audio_codec) pair from
+    ``mf.codecs.load_codecs``, used instead of ``assets/codecs`` (several studios share one pair).
     """
     from mf.codecs import AudioCodec, VideoCodec, load_codecs
 
     device = torch.device(device)
     assets = Path(assets)
+    if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
+        raise ValueError(f"no model weights at {model_dir} (config.json is missing)")
     notes = []
     codec_dir = assets / "codecs"
-    if codec_dir.is_dir():
+    if codecs is not None:
+        video_codec, audio_codec = codecs
+        codecs_trained = True
+    elif codec_dir.is_dir():
         video_codec, audio_codec = load_codecs(codec_dir, device=str(device))
         codecs_trained = True
     else:
@@ -111,7 +123,7 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
         audio_codec = AudioCodec.from_preset(codec_preset).to(device)
         codecs_trained = False
         notes.append(f"no trained codecs at {codec_dir}: untrained codecs (noise-like frames and audio)")
-    model_dir = assets / "model"
+    model_dir = assets / "model" if model_dir is None else Path(model_dir)
     if (model_dir / "config.json").is_file():
         try:
             model = MFTransformer.from_pretrained(str(model_dir))
@@ -128,7 +140,7 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
         trained, checkpoint = False, None
         notes.insert(0, f"model: initial weights (no checkpoint at {model_dir}; preset {preset!r}): "
                         "the output is not a trained result")
-    _check_compatible(model.cfg, video_codec, audio_codec, str(model_dir))
+    _check_compatible(model.model_config, video_codec, audio_codec, str(model_dir))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model.to(device).eval()
@@ -177,13 +189,13 @@ def reference_frame(character_id: int, size: int, seed: int = 0) -> tuple[np.nda
 def build_conditions(studio: Studio, *, seed: int, n_chunks: int, text: str | None,
                      character_id: int | None) -> tuple[Conditions, str]:
     """Conditions (batch 1) for a clip of ``n_chunks`` chunks, and a note about the script."""
-    cfg = studio.config
+    config = studio.config
     cid = int(seed) if character_id is None else int(character_id)
     frame, attributes = reference_frame(cid, studio.video_codec.frame_size, seed)
     ref = studio.video_codec.encode(frame[None]).to(studio.device, torch.float32)
-    ids, dropped, note = script_phone_ids(text, n_chunks * cfg.mels_per_chunk, seed)
-    if int(ids.max(initial=0)) >= cfg.n_phonemes:
-        raise ValueError(f"the script uses phoneme id {int(ids.max())}, the model knows {cfg.n_phonemes}")
+    ids, dropped, note = script_phone_ids(text, n_chunks * config.mels_per_chunk, seed)
+    if int(ids.max(initial=0)) >= config.n_phonemes:
+        raise ValueError(f"the script uses phoneme id {int(ids.max())}, the model knows {config.n_phonemes}")
     cond = Conditions(ref_latent=ref, attributes=torch.from_numpy(attributes)[None].to(studio.device),
                       phone_ids=torch.from_numpy(ids)[None].to(studio.device),
                       text_dropped=torch.tensor([dropped], device=studio.device))
@@ -220,13 +232,14 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
     wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
     the fused cache-write pass runs on twice the torch threads (at most the machine's cores) while
-    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps. The write is the one fixed cost per
-    chunk that the network evaluations do not amortise (see eval.bench's ratio_50_over_4).
+    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps.
+    The write is the one fixed cost per chunk that the network evaluations do not amortise (see
+    eval.bench's ratio_50_over_4).
     """
     _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
     schedule = make_schedule(int(steps), mode=mode, shift=shift)
-    model, cfg = studio.model, studio.config
-    fc = cfg.frames_per_chunk
+    model, config = studio.model, studio.config
+    fc = config.frames_per_chunk
     total_frames = int(round(seconds * FPS))
     total_frames = max(total_frames, 1)
     n_chunks = math.ceil(total_frames / fc)
@@ -240,7 +253,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     def amp():  # a fresh autocast context per use (bf16 on CUDA; nothing on CPU)
         return torch.autocast(device_type="cuda", dtype=studio.dtype) if use_amp else nullcontext()
     branches = 2 if use_cfg else 1
-    c, h, m = cfg.video_channels, cfg.latent_size, cfg.n_mels
+    c, h, m = config.video_channels, config.latent_size, config.n_mels
 
     # Grad mode and autocast are thread-local and would leak to the consumer across `yield`, so every
     # computation below enters them itself.
@@ -276,7 +289,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                     first_pass_done.set()
         gen = torch.Generator().manual_seed(chunk_seed(seed, k))
         noise_v = torch.randn((1, fc, c, h, h), generator=gen).to(device)
-        noise_a = torch.randn((1, cfg.mels_per_chunk, m), generator=gen).to(device)
+        noise_a = torch.randn((1, config.mels_per_chunk, m), generator=gen).to(device)
         write = "never" if k == n_chunks - 1 else ("defer" if fuse_cache_write else "now")
         if widen:
             torch.set_num_threads(wide_threads)
@@ -313,8 +326,9 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mf-sampler") if lookahead else None
     try:
         job = executor.submit(sample, first, cache, None) if executor else None
+        pending = None  # the previous chunk's deferred cache write
         for k in range(first, n_chunks):
-            out, model_s = job.result() if executor else sample(k, cache, None if k == first else pending)
+            out, model_s = job.result() if executor else sample(k, cache, pending)
             pending = out.pending
             if executor and k + 1 < n_chunks:
                 # the widened pass uses the decoder's core too: decode after it

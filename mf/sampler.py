@@ -1,9 +1,13 @@
 """One sampler for every step count: schedules are data, a chunk is sampled by one loop.
 
-Owns ``Schedule`` / ``make_schedule`` and ``sample_chunk``.
+Owns ``Schedule`` / ``make_schedule``, ``sample_chunk``, THE update rule ``flow_step`` and the guidance
+rule ``guide``.
 
 Flow conventions (docs/ARCHITECTURE.md): ``x_t = (1 - t) x0 + t eps``; the network predicts the average
-velocity ``u(x_t, t, d)`` over the jump ``t -> t - d``; one update is ``x_{t-d} = x_t - d u``.
+velocity ``u(x_t, t, d)`` over the jump ``t -> t - d``; one update is ``x_{t-d} = x_t - d u``
+(``flow_step``; ``Schedule.step`` applies it with the schedule's step size). The sampler and every
+training objective (``mf.train``: rollouts, ShortCut targets, the DMD sample and its x0 estimate)
+move latents with this one function.
 
 A schedule is the list of times ``1 = t_0 > t_1 > ... > t_n = 0`` (a uniform grid warped by ``shift``,
 ``t -> shift t / (1 + (shift - 1) t)``), the step sizes ``t_i - t_{i+1}`` it moves by and the step sizes
@@ -30,6 +34,20 @@ FEW_STEP_MAX = 16  # steps <= this use the few-step (shortcut) mode unless mode=
 MODES = ("few", "multi")
 
 
+def flow_step(x: torch.Tensor, u: torch.Tensor, d: float | torch.Tensor) -> torch.Tensor:
+    """The update rule of every sampler and objective: ``x_{t-d} = x_t - d u``.
+
+    ``d`` is a step size (a float) or a tensor broadcastable to ``x`` (a step size per chunk, see
+    ``mf.train.flow_matching.per_frame``); ``d = t`` jumps straight to the clean estimate ``x0``.
+    """
+    return x - d * u
+
+
+def guide(u_cond: torch.Tensor, u_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``u_uncond + scale (u_cond - u_uncond)`` (scale 1 = the conditional u)."""
+    return u_uncond + scale * (u_cond - u_uncond)
+
+
 @dataclass(frozen=True)
 class Schedule:
     steps: int
@@ -41,6 +59,10 @@ class Schedule:
     @property
     def step_sizes(self) -> tuple[float, ...]:
         return tuple(a - b for a, b in zip(self.times[:-1], self.times[1:]))
+
+    def step(self, i: int, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Step ``i`` of the schedule: ``x_{t_(i+1)} = x_{t_i} - (t_i - t_(i+1)) u`` (``flow_step``)."""
+        return flow_step(x, u, self.times[i] - self.times[i + 1])
 
 
 def make_schedule(steps: int, mode: str | None = None, shift: float = 1.0) -> Schedule:
@@ -84,8 +106,8 @@ class ChunkSample:
 def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_video: torch.Tensor,
                  noise_audio: torch.Tensor, schedule: Schedule, *, cfg_scale: float = 1.0,
                  keep_step_latents: bool = False, pending: PendingWrite | None = None,
-                 write: str = "now", on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-                 ) -> ChunkSample:
+                 write: str = "now", on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 grad: str = "all") -> ChunkSample:
     """Denoise one chunk from noise, attending to ``cache`` (which the call may append to).
 
     cond: conditions of THIS chunk (phone_ids cover its Fc*4 mel frames), batch B. With
@@ -95,9 +117,13 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
     ``pending`` (the caller passes it to the next call, or calls ``flush_pending`` at the end);
     "never" leaves the cache untouched (e.g. the last chunk of a clip).
     on_step(i, x_video, x_audio): optional callback after each denoising step (previews, progress).
+    grad: "all" keeps the caller's grad mode for every step; "last" runs all steps but the last under
+    ``torch.no_grad`` (DMD's few-step sample: gradient through the last jump only).
     """
     if write not in ("now", "defer", "never"):
         raise ValueError(f"write must be 'now', 'defer' or 'never', got {write!r}")
+    if grad not in ("all", "last"):
+        raise ValueError(f"grad must be 'all' or 'last', got {grad!r}")
     use_cfg = cfg_scale != 1.0
     branches = 2 if use_cfg else 1
     b = noise_video.shape[0]
@@ -109,27 +135,15 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
     x_v, x_a = noise_video, noise_audio
     steps_out = [] if keep_step_latents else None
     nfe, writes = 0, 0
+    grad_enabled = torch.is_grad_enabled()
     for i in range(schedule.steps):
-        t_now = schedule.times[i]
-        step = schedule.times[i] - schedule.times[i + 1]
-        in_v = torch.cat([x_v, x_v]) if use_cfg else x_v
-        in_a = torch.cat([x_a, x_a]) if use_cfg else x_a
-        t = in_v.new_full((in_v.shape[0], 1), t_now)
-        d = in_v.new_full((in_v.shape[0], 1), schedule.model_d[i])
-        if pending is not None:
-            u_v, u_a = model.step_and_write(in_v, in_a, t, d, pending.video, pending.audio, cond_in,
-                                            pending.cond, cache)
-            pending = None
-            writes += 1
-        else:
-            u_v, u_a = model(in_v, in_a, t, d, cond_in, kv_cache=cache)
+        with torch.set_grad_enabled(grad_enabled and (grad == "all" or i == schedule.steps - 1)):
+            u_v, u_a = _velocity(model, cache, cond_in, x_v, x_a, schedule, i, cfg_scale, pending)
+            x_v = schedule.step(i, x_v, u_v.to(x_v.dtype))
+            x_a = schedule.step(i, x_a, u_a.to(x_a.dtype))
+        writes += int(pending is not None)
+        pending = None
         nfe += branches
-        if use_cfg:
-            (c_v, n_v), (c_a, n_a) = u_v.chunk(2), u_a.chunk(2)
-            u_v = n_v + cfg_scale * (c_v - n_v)
-            u_a = n_a + cfg_scale * (c_a - n_a)
-        x_v = x_v - step * u_v.to(x_v.dtype)
-        x_a = x_a - step * u_a.to(x_a.dtype)
         if steps_out is not None:
             steps_out.append((x_v.detach().clone(), x_a.detach().clone()))
         if on_step is not None:
@@ -143,6 +157,29 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
     elif write == "defer":
         new_pending = PendingWrite(clean_v, clean_a, cond_in)
     return ChunkSample(x_v, x_a, steps_out, nfe, writes, new_pending)
+
+
+def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: torch.Tensor, x_a: torch.Tensor,
+              schedule: Schedule, i: int, cfg_scale: float, pending: PendingWrite | None):
+    """The (guided) velocity of step ``i``; runs ``pending``'s cache write in the same pass when given.
+
+    With guidance (``cfg_scale != 1``) both branches run in one batch [cond; uncond] and combine as
+    ``u = u_uncond + cfg_scale (u_cond - u_uncond)``.
+    """
+    use_cfg = cfg_scale != 1.0
+    in_v = torch.cat([x_v, x_v]) if use_cfg else x_v   # [B', Fc, C, h, w], B' = 2B with guidance
+    in_a = torch.cat([x_a, x_a]) if use_cfg else x_a   # [B', Fc*4, M]
+    t = in_v.new_full((in_v.shape[0], 1), schedule.times[i])
+    d = in_v.new_full((in_v.shape[0], 1), schedule.model_d[i])
+    if pending is not None:
+        u_v, u_a = model.step_and_write(in_v, in_a, t, d, pending.video, pending.audio, cond_in,
+                                        pending.cond, cache)
+    else:
+        u_v, u_a = model(in_v, in_a, t, d, cond_in, kv_cache=cache)
+    if use_cfg:
+        (c_v, n_v), (c_a, n_a) = u_v.chunk(2), u_a.chunk(2)
+        u_v, u_a = guide(c_v, n_v, cfg_scale), guide(c_a, n_a, cfg_scale)
+    return u_v, u_a
 
 
 def flush_pending(model: MFTransformer, cache: KVCache, pending: PendingWrite | None) -> int:

@@ -15,7 +15,8 @@ import torch
 
 from mf.codecs import AudioCodec, VideoCodec, load_codecs
 from mf.constants import HOP, MELS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME
-from mf.train.codecs import REFERENCE_FILE, psnr_uint8, train_audio_codec, train_video_codec
+from mf.train.codec_data import REFERENCE_FILE, psnr_uint8
+from mf.train.codec_trainers import train_audio_codec, train_video_codec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "codecs"
 
@@ -143,8 +144,9 @@ def test_fresh_presets_are_deterministic():
     a, b = VideoCodec.from_preset("micro", seed=3), VideoCodec.from_preset("micro", seed=3)
     torch.testing.assert_close(a.encode(frames), b.encode(frames), rtol=0, atol=0)
     wave = synthetic_voice(0.3)
-    np.testing.assert_array_equal(AudioCodec.from_preset("micro", seed=3).decode(AudioCodec.from_preset("micro").encode(wave)),
-                                  AudioCodec.from_preset("micro", seed=3).decode(AudioCodec.from_preset("micro").encode(wave)))
+    mel = AudioCodec.from_preset("micro").encode(wave)
+    np.testing.assert_array_equal(AudioCodec.from_preset("micro", seed=3).decode(mel),
+                                  AudioCodec.from_preset("micro", seed=3).decode(mel))
 
 
 # ----------------------------------------------------------------------------------------- save / load
@@ -157,7 +159,8 @@ def test_save_and_load_round_trip(tmp_path, video_micro, audio_micro):
     video, audio = load_codecs(tmp_path)
     frames, wave = synthetic_frames(2), synthetic_voice(0.3)
     torch.testing.assert_close(video.encode(frames), video_micro.encode(frames), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(audio.decode(audio.encode(wave)), audio_micro.decode(audio_micro.encode(wave)), atol=1e-5)
+    np.testing.assert_allclose(audio.decode(audio.encode(wave)), audio_micro.decode(audio_micro.encode(wave)),
+                               atol=1e-5)
 
 
 def test_load_codecs_names_a_missing_folder(tmp_path):
@@ -259,3 +262,26 @@ def test_parallel_training_passes_every_override_to_both_children(tmp_path, monk
         for flag, value in (("--train-clips", "5"), ("--video-batch", "7"), ("--crop-fraction", "0.0"),
                             ("--workers", "3"), ("--audio-steps", "9"), ("--device", "cpu")):
             assert cmd[cmd.index(flag) + 1] == value, (flag, cmd)
+
+
+# ----------------------------------------------------------------------------------------- evaluation (eval)
+def test_codec_evaluation_uses_the_shared_pesq_and_held_out_seeds(video_micro, audio_micro, one_thread):
+    from eval.codec_eval import evaluate, pesq_wb
+    from mf.constants import HELDOUT_SEED_START
+    from mf.data import render_clip
+
+    speech = render_clip(HELDOUT_SEED_START + 3, 1.5).audio
+    assert pesq_wb(speech, speech) > 4.0          # identical speech scores near the top of the scale
+    assert pesq_wb(np.zeros_like(speech), speech) is None   # no speech in the reference: not scored
+    report = evaluate(video_micro, audio_micro, n_clips=1, seconds=1.0, griffin_lim_clips=0)
+    assert report["heldout_seeds"] == [HELDOUT_SEED_START, HELDOUT_SEED_START]
+    assert report["video_clips"] == 1 and np.isfinite(report["video_psnr_db_mean"])
+    assert report["audio_clips"] + report["audio_clips_without_speech"] == 1
+    assert report["decode"]["ratio"] > 0 and report["bars"]["audio_pesq_wb"] == 3.0
+
+
+def test_codec_evaluation_cli_names_a_missing_folder(tmp_path, capsys):
+    from eval.codec_eval import main
+
+    assert main(["--codecs", str(tmp_path / "no_codecs_here"), "--clips", "1"]) == 2
+    assert "no_codecs_here" in capsys.readouterr().err

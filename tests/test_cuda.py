@@ -76,7 +76,7 @@ def test_a_training_stage_runs_on_the_gpu(tmp_path, stage):
 
 def test_codec_trainers_run_on_the_gpu():
     from mf.codecs import AudioCodec, VideoCodec
-    from mf.train.codecs import train_audio_codec, train_video_codec
+    from mf.train.codec_trainers import train_audio_codec, train_video_codec
 
     rng = np.random.default_rng(0)
     video = VideoCodec.from_preset("micro").to("cuda")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def model():
 
 
 def make_inputs(model, k=K, b=B, seed=1):
-    cfg = model.cfg
+    cfg = model.model_config
     g = torch.Generator().manual_seed(seed)
     c, h = cfg.video_channels, cfg.latent_size
     n_frames, n_mels = k * cfg.frames_per_chunk, k * cfg.mels_per_chunk
@@ -53,7 +55,7 @@ def test_presets_are_frozen_configs_with_consistent_token_counts():
     tiny = get_preset("tiny")
     assert tiny.tokens_per_frame == 16 and tiny.audio_tokens_per_chunk == 8 and tiny.tokens_per_chunk == 72
     assert tiny.video_channels == 8 and tiny.n_mels == 80
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         tiny.dim = 1  # frozen
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("huge")
@@ -71,7 +73,7 @@ def test_output_shapes_match_inputs_and_depend_on_every_condition(model):
         for changed in (
             Conditions(cond.ref_latent + 1, cond.attributes, cond.phone_ids, cond.text_dropped),
             Conditions(cond.ref_latent, -cond.attributes, cond.phone_ids, cond.text_dropped),
-            Conditions(cond.ref_latent, cond.attributes, (cond.phone_ids + 1) % model.cfg.n_phonemes,
+            Conditions(cond.ref_latent, cond.attributes, (cond.phone_ids + 1) % model.model_config.n_phonemes,
                        cond.text_dropped),
         ):
             uv2, ua2 = model(nv, na, t, d, changed)
@@ -92,7 +94,7 @@ def test_dropped_script_ignores_phoneme_ids(model):
 
 
 def test_causality_changing_chunk_k_plus_1_leaves_chunks_up_to_k_unchanged(model):
-    cfg = model.cfg
+    cfg = model.model_config
     fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
     cv, ca, nv, na, t, d, cond = make_inputs(model)
     k = 2
@@ -124,7 +126,7 @@ def test_rolling_window_attends_only_to_the_last_w_chunks():
     the chunks that saw it, exactly as the streaming cache does)."""
     torch.manual_seed(0)
     one_layer = randomized(MFTransformer.from_preset("micro", depth=1))
-    fc, w = one_layer.cfg.frames_per_chunk, one_layer.cfg.window_chunks
+    fc, w = one_layer.model_config.frames_per_chunk, one_layer.model_config.window_chunks
     cv, ca, nv, na, t, d, cond = make_inputs(one_layer)
     cv2 = cv.clone()
     cv2[:, :fc] += 3.0  # clean chunk 0
@@ -141,7 +143,7 @@ def test_rolling_window_attends_only_to_the_last_w_chunks():
 
 def incremental(model, cv, ca, nv, na, t, d, cond, fused=False):
     """Stream chunk by chunk: predict the noisy chunk against the cache, then write the clean one."""
-    cfg = model.cfg
+    cfg = model.model_config
     fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
     k_total = nv.shape[1] // fc
     cache = model.new_cache(cond)
@@ -174,7 +176,7 @@ def test_kv_cache_streaming_equals_teacher_forcing_forward(model, fused):
 
 def test_forward_of_clean_chunks_equals_cache_path(model):
     """model(...) over K chunks without a cache is the same block-causal pass the cache reproduces."""
-    cfg = model.cfg
+    cfg = model.model_config
     fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
     cv, ca, nv, na, t, d, cond = make_inputs(model, k=3)
     t[:, :2] = 0.0  # the cache holds chunks written at t = d = 0
@@ -191,7 +193,7 @@ def test_forward_of_clean_chunks_equals_cache_path(model):
 
 def test_rolling_cache_memory_is_constant_after_the_window(model):
     cv, ca, nv, na, t, d, cond = make_inputs(model, k=8)
-    w = model.cfg.window_chunks
+    w = model.model_config.window_chunks
     with torch.no_grad():
         _, _, cache, sizes = incremental(model, cv, ca, nv, na, t, d, cond)
     counts = [n for n, _ in sizes]
@@ -202,7 +204,7 @@ def test_rolling_cache_memory_is_constant_after_the_window(model):
 
 
 def test_forward_does_not_mutate_the_cache_and_clone_is_independent(model):
-    cfg = model.cfg
+    cfg = model.model_config
     fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
     cv, ca, nv, na, t, d, cond = make_inputs(model, k=2)
     with torch.no_grad():
@@ -232,7 +234,7 @@ def test_save_load_round_trip(model, tmp_path):
     cv, ca, nv, na, t, d, cond = make_inputs(model)
     model.save_pretrained(tmp_path / "m")
     loaded = MFTransformer.from_pretrained(str(tmp_path / "m")).eval()
-    assert loaded.cfg == model.cfg
+    assert loaded.model_config == model.model_config
     with torch.no_grad():
         a, b = model(nv, na, t, d, cond), loaded(nv, na, t, d, cond)
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
@@ -240,7 +242,7 @@ def test_save_load_round_trip(model, tmp_path):
 
 
 def test_bad_inputs_raise_clear_errors(model):
-    cfg = model.cfg
+    cfg = model.model_config
     cv, ca, nv, na, t, d, cond = make_inputs(model)
     with pytest.raises(ValueError, match="not a multiple of frames_per_chunk"):
         model(nv[:, :-1], na, t, d, cond)
@@ -265,7 +267,7 @@ def test_bad_inputs_raise_clear_errors(model):
 def test_timestamps_are_relative_and_the_prefix_is_timeless(model):
     """Only relative time enters attention and the reference prefix carries no time, so a chunk at
     60 s sees exactly what the same chunk at 0 s sees (long generation never leaves the trained range)."""
-    cfg = model.cfg
+    cfg = model.model_config
     cv, ca, nv, na, t, d, cond = make_inputs(model, k=1)
     late = int(60.0 / cfg.chunk_seconds)
     with torch.no_grad():

@@ -26,10 +26,15 @@ from mf.model import MFTransformer
 from mf.train import stages
 from mf.train.common import EMA, LossLog, make_optimizer
 from mf.train.dmd import dmd_generator_loss, fake_score_loss
-from mf.train.flow_matching import (Pair, conditions, flow_matching_loss, unimodal_flow_matching_loss)
+from mf.train.flow_matching import Pair, conditions, flow_matching_loss, unimodal_flow_matching_loss
 from mf.train.latents import random_latents
-from mf.train.mutual_forcing import (BASELINE_E, MUTUAL, MutualForcingConfig, build_history,
-                                     make_fake_score, make_frozen_teacher, mutual_forcing_losses)
+from mf.train.mutual_forcing import (
+    BASELINE_E,
+    build_history,
+    make_fake_score,
+    make_frozen_teacher,
+    mutual_forcing_losses,
+)
 from mf.train.shortcut import shortcut_distillation_loss, shortcut_model_loss
 
 CFG = get_preset("micro")
@@ -113,11 +118,15 @@ def test_mutual_forcing_generator_and_fake_losses_decrease():
         assert torch.isfinite(loss) and torch.isfinite(fake_loss)
         assert {"fm", "shortcut", "dmd", "fake_score"} <= set(logs)
         if i < 8:  # phase 1: the generator learns (its samples move, so the fake score chases them)
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             gen_hist.append(float(loss.detach()))
         else:      # phase 2: generator fixed, the fake score must fit its samples
             fake_hist.append(float(fake_loss))
-        fake_opt.zero_grad(); fake_loss.backward(); fake_opt.step()
+        fake_opt.zero_grad()
+        fake_loss.backward()
+        fake_opt.step()
     assert gen_hist[-1] < 0.9 * gen_hist[0], gen_hist
     assert fake_hist[-1] < 0.9 * fake_hist[0], fake_hist
 
@@ -191,7 +200,9 @@ def test_fake_score_model_is_updated():
     before = [p.detach().clone() for p in fake.parameters()]
     opt = make_optimizer(fake.parameters(), 1e-3)
     _, fake_loss, _ = mutual_forcing_losses(model, batch, torch.Generator().manual_seed(0), fc=FC, fake=fake)
-    opt.zero_grad(); fake_loss.backward(); opt.step()
+    opt.zero_grad()
+    fake_loss.backward()
+    opt.step()
     changed = sum(not torch.equal(a, b) for a, b in zip(before, fake.parameters()))
     assert changed > len(before) // 2
 
@@ -257,7 +268,7 @@ def test_stage_runs_through_accelerate_and_writes_logs_plots_and_weights(tmp_pat
     from accelerate.state import PartialState
     assert PartialState().num_processes == 1
     reloaded = MFTransformer.from_pretrained(str(run / "ema"))
-    assert reloaded.cfg.frames_per_chunk == FC
+    assert reloaded.model_config.frames_per_chunk == FC
 
 
 def test_wall_clock_budget_stops_a_stage(tmp_path, micro_init):
@@ -323,7 +334,7 @@ def test_training_seeds_never_reach_the_heldout_range(tmp_path):
 
 
 def test_ablation_summary_ignores_unmeasurable_clips_and_card_sections_are_rewritten(tmp_path):
-    from mf.train.ablation import summarise, training_table, update_card
+    from eval.ablation import summarise, training_table, update_card
 
     rows = [{"offset_ms": -40.0, "confidence": 0.5, "flag": None, "model_s_per_chunk": 0.1},
             {"offset_ms": 80.0, "confidence": 0.2, "flag": "low_confidence", "model_s_per_chunk": 0.3},
@@ -346,7 +357,7 @@ def test_ablation_summary_ignores_unmeasurable_clips_and_card_sections_are_rewri
 def test_contact_sheet_shows_real_and_generated_rows(tmp_path):
     from PIL import Image
 
-    from mf.train import sheet
+    from eval import sheet
 
     assert sheet.parse_system("MF 4=assets/model@4") == ("MF 4", Path("assets/model"), 4)
     with pytest.raises(SystemExit, match="NAME=WEIGHTS_DIR@STEPS"):

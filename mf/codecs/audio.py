@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mf.codecs.meta import CODEC_FILE, read_codec_meta, write_codec_meta  # noqa: F401
 from mf.codecs.vocoder import MelVocoder, griffin_lim
 from mf.constants import HOP, MELS_PER_FRAME, SAMPLE_RATE
 
-from mf.codecs.meta import CODEC_FILE, read_codec_meta, write_codec_meta  # noqa: F401
 LOG_FLOOR = 1e-5  # magnitude floor before the log: about -100 dB, below any audible corpus content
 
 AUDIO_PRESETS: dict[str, dict] = {

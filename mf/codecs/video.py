@@ -118,7 +118,8 @@ class VideoCodec:
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         shape = (1, -1, 1, 1)
-        return latents * self.latent_std.to(latents.device).view(shape) + self.latent_mean.to(latents.device).view(shape)
+        std, mean = self.latent_std.to(latents.device).view(shape), self.latent_mean.to(latents.device).view(shape)
+        return latents * std + mean
 
     # ----------------------------------------------------------------------------------- public API
     def encode(self, frames, batch_size: int = 64) -> torch.Tensor:

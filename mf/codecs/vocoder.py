@@ -74,10 +74,10 @@ class MelVocoder(ModelMixin, ConfigMixin):
         # exp() of an unbounded output can overflow early in training; 1e2 is far above any real bin.
         magnitude = torch.exp(log_mag).clamp(max=1e2)
         spec = torch.polar(magnitude, phase).transpose(1, 2)  # [B, bins, F]
-        cfg = self.config
+        config = self.config
         # Frame j of the spectrum is centred on sample j * hop, like mel frame j (center=True).
-        return torch.istft(spec, n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.n_fft,
-                           window=self.window, center=True, length=n_frames * cfg.hop)
+        return torch.istft(spec, n_fft=config.n_fft, hop_length=config.hop, win_length=config.n_fft,
+                           window=self.window, center=True, length=n_frames * config.hop)
 
 
 def griffin_lim(magnitude: torch.Tensor, *, n_fft: int, hop: int, win_length: int, length: int,

@@ -41,23 +41,6 @@ AFFRICATES = frozenset("ch jh".split())
 FRICATIVES = frozenset("f v th dh s z sh zh hh".split())
 NASALS = frozenset("m n ng".split())
 APPROXIMANTS = frozenset("l r w y".split())
-VOICED_CONSONANTS = frozenset("b d g jh v dh z zh m n ng l r w y".split())
-
-
-def phone_class(symbol: str) -> str:
-    """'sil', 'unk', 'vowel', 'plosive', 'affricate', 'fricative', 'nasal' or 'approximant'."""
-    for name, members in (("vowel", VOWELS), ("plosive", PLOSIVES), ("affricate", AFFRICATES),
-                          ("fricative", FRICATIVES), ("nasal", NASALS),
-                          ("approximant", APPROXIMANTS)):
-        if symbol in members:
-            return name
-    if symbol in ("sil", "unk"):
-        return symbol
-    raise KeyError(f"unknown phoneme {symbol!r}; the inventory is mf.data.PHONEMES")
-
-
-def is_voiced(symbol: str) -> bool:
-    return symbol in VOWELS or symbol in VOICED_CONSONANTS
 
 
 # ---------------------------------------------------------------------------------------------

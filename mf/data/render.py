@@ -27,8 +27,7 @@ from mf.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from mf.data.characters import MAX_CHARACTER_ID, Character, character
 from mf.data.face import render_face
 from mf.data.prosody import make_prosody
-from mf.data.script import (Phone, clip_phones, is_question, pad_with_silence, random_script,
-                            text_to_phones)
+from mf.data.script import Phone, clip_phones, is_question, pad_with_silence, random_script, text_to_phones
 from mf.data.voice import synthesize
 
 SHIFT_MARGIN_S = 0.8          # largest |shift_ms| is 800 ms (20 video frames)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mf.data.phonemes import (AFFRICATES, FRICATIVES, NASALS, PHONE_INDEX, PHONEMES, PLOSIVES,
-                              SIL_ID, VOWELS)
+from mf.data.phonemes import AFFRICATES, FRICATIVES, NASALS, PHONE_INDEX, PHONEMES, PLOSIVES, SIL_ID, VOWELS
 
 
 @dataclass
@@ -169,7 +168,8 @@ def word_to_phonemes(word: str) -> list[str]:
                 break
         else:  # letters outside the rules (cannot happen for a-z) are skipped
             i += 1
-    if word.endswith("s") and len(out) >= 2 and out[-1] == "s" and out[-2] in VOWELS | {"b", "d", "g", "m", "n", "l", "r", "v"}:
+    voiced = VOWELS | {"b", "d", "g", "m", "n", "l", "r", "v"}
+    if word.endswith("s") and len(out) >= 2 and out[-1] == "s" and out[-2] in voiced:
         out[-1] = "z"  # plural / verb -s after a voiced sound
     return out or ["ah"]
 

@@ -28,8 +28,7 @@ import numpy as np
 
 from mf.constants import SAMPLE_RATE
 from mf.data.characters import Voice
-from mf.data.phonemes import (AFFRICATES, BURST, FORMANTS, FRICATION, NASALS, PLOSIVES,
-                              VOICING_LEVEL, VOWELS)
+from mf.data.phonemes import AFFRICATES, BURST, FORMANTS, FRICATION, NASALS, PLOSIVES, VOICING_LEVEL, VOWELS
 from mf.data.prosody import Prosody
 from mf.data.script import Phone
 

@@ -4,7 +4,7 @@ The generator's few-step sample x (with gradient through its last jump) is re-no
 t'; two score models denoise it without gradient:
   real: the stop-gradient multi-step mode (d = 0) of the SAME network in Mutual Forcing (a frozen
         stage-2 copy in baseline E), with classifier-free guidance
-            u_real = u_uncond + cfg * (u_cond - u_uncond)
+            u_real = u_uncond + scale * (u_cond - u_uncond)   (scale: the guidance scale, dmd_cfg)
   fake: a separate network trained online (flow matching) on the generator's detached samples.
 The KL gradient in x0 space is  g = x0_fake(x_t') - x0_real(x_t'),  normalised per sample by the
 mean |x - x0_real| (DMD2), and applied through the surrogate  0.5 * ||x - sg(x - g)||^2, whose
@@ -20,23 +20,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mf.constants import MELS_PER_FRAME
-from mf.train.flow_matching import Pair, noised_pair, pair_mse, per_frame, randn_pair
+from mf.sampler import guide
+from mf.train.flow_matching import Pair, noised_pair, pair_mse, randn_pair
 
 DMD_T_RANGE = (0.02, 0.98)
 
 ScoreFn = Callable[[Pair, torch.Tensor], Pair]   # (x_t chunk, t [B, 1]) -> velocity
 
 
-def _x0(xt: Pair, u: Pair, t: torch.Tensor, fc: int) -> Pair:
-    return Pair(
-        None if xt.video is None else xt.video - per_frame(t, fc, xt.video) * u.video,
-        None if xt.audio is None else xt.audio - per_frame(t, fc, xt.audio, MELS_PER_FRAME) * u.audio,
-    )
-
-
 def cfg_combine(u_cond: Pair, u_uncond: Pair, scale: float) -> Pair:
-    return u_uncond.map(lambda un, c: un + scale * (c - un), u_cond)
+    """Classifier-free guidance of the real score, per modality (``mf.sampler.guide``)."""
+    return u_uncond.map(lambda un, c: guide(c, un, scale), u_cond)
 
 
 def dmd_generator_loss(x: Pair, real_score: ScoreFn, fake_score: ScoreFn, gen: torch.Generator, *,
@@ -48,8 +42,9 @@ def dmd_generator_loss(x: Pair, real_score: ScoreFn, fake_score: ScoreFn, gen: t
     with torch.no_grad():
         xs = x.detach()
         xt = noised_pair(xs, randn_pair(xs, gen), t, frames_per_chunk)
-        x0_real = _x0(xt, real_score(xt, t), t, frames_per_chunk)
-        x0_fake = _x0(xt, fake_score(xt, t), t, frames_per_chunk)
+        # x0 estimates: one jump of the whole remaining time, d = t (the update rule, mf.sampler.flow_step)
+        x0_real = xt.step(real_score(xt, t), t, frames_per_chunk)
+        x0_fake = xt.step(fake_score(xt, t), t, frames_per_chunk)
 
         def direction(fake, real, sample):
             norm = (sample - real).abs().flatten(1).mean(1).clamp_min(1e-4)

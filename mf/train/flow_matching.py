@@ -11,8 +11,9 @@ one tower at a time: the other modality's tokens are removed from the sequence (
 audio=None), so each tower first learns its own temporal structure; stage 2 couples them.
 
 Text dropout (p = 0.1 by default) sets `text_dropped`, which makes the model replace the phoneme
-and attribute conditions by learned null embeddings: this is what classifier-free guidance uses at
-sampling time and what the DMD "real score" uses in stage 3.
+embeddings by a learned "no script" embedding (the character attributes and the reference frame stay):
+this is what classifier-free guidance uses as its unconditional branch at sampling time and what the
+DMD "real score" uses in stage 3.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mf.constants import MELS_PER_FRAME
+from mf.sampler import flow_step
 from mf.train.latents import LatentBatch
 
 TEXT_DROP_P = 0.1
@@ -40,11 +42,6 @@ def conditions(batch: LatentBatch, text_dropped: torch.Tensor | None = None):
         text_dropped = torch.zeros(batch.batch_size, dtype=torch.bool, device=batch.video.device)
     return Conditions(ref_latent=batch.ref_latent, attributes=batch.attributes,
                       phone_ids=batch.phone_ids, text_dropped=text_dropped)
-
-
-def with_text_dropped(cond, dropped: torch.Tensor):
-    from dataclasses import replace
-    return replace(cond, text_dropped=dropped)
 
 
 def drop_text(batch_size: int, gen: torch.Generator, p: float = TEXT_DROP_P, device="cpu") -> torch.Tensor:
@@ -79,11 +76,10 @@ class Pair:
         return self.map(lambda x: x.detach())
 
     def step(self, u: "Pair", d: torch.Tensor, frames_per_chunk: int) -> "Pair":
-        """One Euler/shortcut update x_{t-d} = x_t - d u (d per chunk)."""
-        return Pair(
-            None if self.video is None else self.video - per_frame(d, frames_per_chunk, self.video) * u.video,
-            None if self.audio is None else self.audio - per_frame(d, frames_per_chunk, self.audio, MELS_PER_FRAME) * u.audio,
-        )
+        """The update rule ``mf.sampler.flow_step`` (x_{t-d} = x_t - d u) with a step size per chunk, d [B, K]."""
+        fc, v, a = frames_per_chunk, self.video, self.audio
+        return Pair(None if v is None else flow_step(v, u.video, per_frame(d, fc, v)),
+                    None if a is None else flow_step(a, u.audio, per_frame(d, fc, a, MELS_PER_FRAME)))
 
 
 def randn_pair(like: Pair, gen: torch.Generator) -> Pair:

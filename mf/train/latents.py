@@ -179,7 +179,8 @@ def build_corpus_latents(*, codecs_dir: str | Path = "assets/codecs", n_clips: i
     """
     if first_seed + n_clips > HELDOUT_SEED_START:
         raise LatentDataError(f"training seeds must stay below HELDOUT_SEED_START={HELDOUT_SEED_START}")
-    from mf.data import phone_ids as phone_ids_fn, render_clips
+    from mf.data import phone_ids as phone_ids_fn
+    from mf.data import render_clips
 
     if codecs is None:
         codecs = _load_codecs(Path(codecs_dir))
@@ -236,7 +237,8 @@ def build_folder_latents(folder: str | Path, *, codecs_dir: str | Path = "assets
     codecs = _load_codecs(Path(codecs_dir))
     fingerprint = _codec_fingerprint(codecs)
     names = sorted(str(p.relative_to(folder)) + f":{p.stat().st_size}" for p in folder.rglob("*.mp4"))
-    key = hashlib.sha1(f"folder:{folder.resolve()}:{names}:{clip_seconds}:{size}:{fingerprint}".encode()).hexdigest()[:16]
+    identity = f"folder:{folder.resolve()}:{names}:{clip_seconds}:{size}:{fingerprint}"
+    key = hashlib.sha1(identity.encode()).hexdigest()[:16]
     cache_path = Path(cache_dir) / f"folder-{key}.pt"
     if cache_path.is_file():
         return LatentSet(**torch.load(cache_path, map_location="cpu", weights_only=False))

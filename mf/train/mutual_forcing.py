@@ -131,21 +131,14 @@ def build_history(model, batch: LatentBatch, cond_full, h: int, gen: torch.Gener
 
 def few_step_sample_with_last_grad(model, cond, cache, gen: torch.Generator, *, like: Pair, fc: int,
                                    steps: int) -> Pair:
-    """Few-step sample of one chunk from noise; only the last jump carries gradient. Same schedule
-    (mf.sampler.make_schedule, few-step mode) and update as the sampler."""
-    from mf.sampler import make_schedule
+    """Few-step sample of one chunk from noise; only the last jump carries gradient. The sampler's
+    own loop (mf.sampler.sample_chunk, few-step schedule, grad="last"); the cache is not written."""
+    from mf.sampler import make_schedule, sample_chunk
 
-    schedule = make_schedule(steps, mode="few")
-    B = like.video.shape[0]
-    device = like.video.device
-    x = randn_pair(like, gen)
-    for i in range(schedule.steps):
-        t = torch.full((B, 1), schedule.times[i], device=device)
-        d = torch.full((B, 1), schedule.model_d[i], device=device)
-        jump = torch.full((B, 1), schedule.step_sizes[i], device=device)
-        with torch.set_grad_enabled(i == schedule.steps - 1 and torch.is_grad_enabled()):
-            x = x.step(cached(model, x, t, d, cond, cache), jump, fc)
-    return x
+    noise = randn_pair(like, gen)
+    out = sample_chunk(model, cache, cond, noise.video, noise.audio, make_schedule(steps, mode="few"),
+                       write="never", grad="last")
+    return Pair(out.video, out.audio)
 
 
 # ----------------------------------------------------------------------------- one iteration

@@ -22,11 +22,25 @@ sampler visits at inference with `steps = 1/d`.
 from __future__ import annotations
 
 import math
+from dataclasses import fields, replace
 
 import torch
 
-from mf.train.flow_matching import (Pair, batch_pair, cached, conditions, drop_text, noised_pair, pair_mse,
-                                    randn_pair, sample_t, teacher_forcing, TEXT_DROP_P)
+from mf.constants import MELS_PER_FRAME
+from mf.train.flow_matching import (
+    TEXT_DROP_P,
+    Pair,
+    batch_pair,
+    cached,
+    conditions,
+    drop_text,
+    noised_pair,
+    pair_mse,
+    per_frame,
+    randn_pair,
+    sample_t,
+    teacher_forcing,
+)
 from mf.train.latents import LatentBatch
 
 # Step sizes of the few-step mode: 1, 2, 4, 8 and 16 steps per chunk.
@@ -103,13 +117,9 @@ def multistep_ode_target(model, xt: Pair, t: torch.Tensor, d: torch.Tensor, cond
         u = cached(model, x, tau, zeros, cond, cache)
         x = x.step(u, h, frames_per_chunk)
         tau = tau - h
-    return Pair(*(None if a is None else (a - b) / _bcast(d, frames_per_chunk, a, per)
-                  for a, b, per in ((xt.video, x.video, 1), (xt.audio, x.audio, 4)))), n
-
-
-def _bcast(v, frames_per_chunk, like, per):
-    from mf.train.flow_matching import per_frame
-    return per_frame(v, frames_per_chunk, like, per)
+    # the inverse of the update rule over the whole interval: u* = (x_t - x_{t-d}) / d
+    return Pair(*(None if a is None else (a - b) / per_frame(d, frames_per_chunk, a, per)
+                  for a, b, per in ((xt.video, x.video, 1), (xt.audio, x.audio, MELS_PER_FRAME)))), n
 
 
 def shortcut_distillation_loss(model, x0: Pair, cond, cache, gen: torch.Generator, *, frames_per_chunk: int,
@@ -128,6 +138,6 @@ def shortcut_distillation_loss(model, x0: Pair, cond, cache, gen: torch.Generato
 
 
 def _select_cond(cond, rows):
-    from dataclasses import fields, replace
+    """The conditions of the batch rows ``rows`` (every tensor field sliced)."""
     return replace(cond, **{f.name: getattr(cond, f.name)[rows] for f in fields(cond)
                             if isinstance(getattr(cond, f.name), torch.Tensor)})

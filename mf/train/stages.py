@@ -170,7 +170,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     init = args.init or (str(Path(args.runs) / INIT_FROM[stage] / "ema") if INIT_FROM[stage] else None)
     model = load_model(Path(init)) if init else new_model(args.preset, latents, dim=args.dim, depth=args.depth)
     model.to(device).train()
-    fc = model.cfg.frames_per_chunk
+    fc = model.model_config.frames_per_chunk
     mf_stage = stage in ("mutual", "baseline_c", "baseline_e")
     lr = args.lr or (recipe.mf_lr if mf_stage else recipe.lr)
     opt = make_optimizer(model.parameters(), lr)

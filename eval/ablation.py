@@ -1,4 +1,4 @@
-"""`python -m mf.train.ablation`: the systems x steps x metrics table of the model card.
+"""`python -m eval.ablation`: the systems x steps x metrics table of the model card.
 
 For N held-out corpus seeds (>= HELDOUT_SEED_START, never trained on), every system generates one
 clip per seed with the pipeline (`mf.pipeline.generate`, the app's code path: same seed -> same
@@ -40,18 +40,6 @@ DEFAULT_SYSTEMS = (
 
 class AblationError(Exception):
     pass
-
-
-def _studio(model_dir: Path, codecs, device):
-    from mf.model import MFTransformer
-    from mf.pipeline import Studio, _check_compatible
-
-    if not (model_dir / "config.json").is_file():
-        raise AblationError(f"no model weights at {model_dir}")
-    model = MFTransformer.from_pretrained(str(model_dir)).to(device).eval()
-    _check_compatible(model.cfg, codecs[0], codecs[1], str(model_dir))
-    return Studio(model=model, video_codec=codecs[0], audio_codec=codecs[1], trained=True, codecs_trained=True,
-                  message=f"model {model_dir}", checkpoint=str(model_dir), device=torch.device(device))
 
 
 def measure_system(studio, steps: int, seeds: list[int], seconds: float, log) -> dict:
@@ -99,7 +87,8 @@ def real_frames(seeds: list[int], seconds: float, size: int) -> tuple[list[np.nd
 def markdown_table(results: list[dict], meta: dict) -> str:
     lines = [f"Held-out corpus seeds {meta['first_seed']}..{meta['first_seed'] + meta['clips'] - 1} "
              f"({meta['clips']} clips x {meta['seconds']} s); command: `{meta['command']}`", "",
-             "| system | steps | sync median \\|offset\\| (ms) | sync conf (median) | corpus-FD | KID | model s/chunk |",
+             "| system | steps | sync median \\|offset\\| (ms) | sync conf (median) | corpus-FD | KID "
+             "| model s/chunk |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         s = r["summary"]
@@ -139,7 +128,7 @@ def update_card(card: Path, section: str, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mf.train.ablation", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=50)
     p.add_argument("--seconds", type=float, default=3.0, help="clip length (the sync estimator flags < 2 s)")
     p.add_argument("--first-seed", type=int, default=HELDOUT_SEED_START)
@@ -156,27 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.training_only:
         if not args.card:
-            print("mf.train.ablation: --training-only needs --card PATH", file=sys.stderr)
+            print("eval.ablation: --training-only needs --card PATH", file=sys.stderr)
             return 2
         try:
             update_card(Path(args.card), "training", training_table(Path(args.runs)))
         except (AblationError, OSError) as exc:
-            print(f"mf.train.ablation: {exc}", file=sys.stderr)
+            print(f"eval.ablation: {exc}", file=sys.stderr)
             return 2
         print(training_table(Path(args.runs)))
         return 0
     if args.first_seed < HELDOUT_SEED_START:
-        print(f"mf.train.ablation: --first-seed must be >= {HELDOUT_SEED_START} (held-out seeds)", file=sys.stderr)
+        print(f"eval.ablation: --first-seed must be >= {HELDOUT_SEED_START} (held-out seeds)", file=sys.stderr)
         return 2
     if args.clips < 2:
-        print("mf.train.ablation: --clips must be >= 2 (a Fréchet distance needs a set)", file=sys.stderr)
+        print("eval.ablation: --clips must be >= 2 (a Fréchet distance needs a set)", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     try:
-        from eval.frechet import corpus_frechet
         from eval.features import load_extractor
+        from eval.frechet import corpus_frechet
         from mf.codecs import load_codecs
+        from mf.pipeline import load_studio
 
         codecs = load_codecs(args.codecs)
         extractor = load_extractor()
@@ -188,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         systems = [(n, args.mf if d == "assets/model" else str(Path(args.runs) / Path(d).relative_to("runs")), st)
                    for n, d, st in DEFAULT_SYSTEMS]
         fd_floor = corpus_frechet(floor_frames, ref_frames, extractor=extractor)
-        results = [{"system": "real corpus vs real corpus (noise floor)", "steps": None, "summary": summarise(floor_rows),
-                    "fd": fd_floor["fd"], "kid": fd_floor["kid_mean"], "rows": floor_rows}]
+        results = [{"system": "real corpus vs real corpus (noise floor)", "steps": None,
+                    "summary": summarise(floor_rows), "fd": fd_floor["fd"], "kid": fd_floor["kid_mean"],
+                    "rows": floor_rows}]
         for name, folder, steps_list in systems:
             if not (Path(folder) / "config.json").is_file():
                 log(f"skip {name}: no weights at {folder}")
                 continue
-            studio = _studio(Path(folder), codecs, "cpu")
+            studio = load_studio(model_dir=folder, codecs=codecs, device="cpu")
             for steps in steps_list:
                 if only is not None and steps not in only:
                     continue
@@ -205,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "fd": fd["fd"], "kid": fd["kid_mean"], "rows": out["rows"]})
                 log(f"  -> {results[-1]['summary']} corpus-FD {fd['fd']:.2f}")
     except (AblationError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"mf.train.ablation: {exc}", file=sys.stderr)
+        print(f"eval.ablation: {exc}", file=sys.stderr)
         return 2
     meta = {"first_seed": args.first_seed, "clips": args.clips, "seconds": args.seconds,
-            "command": "python -m mf.train.ablation " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": "python -m eval.ablation " + " ".join(sys.argv[1:] if argv is None else argv)}
     table = markdown_table(results, meta)
     print(table)
     if args.markdown:
@@ -220,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             update_card(Path(args.card), "ablation", table)
             update_card(Path(args.card), "training", training_table(Path(args.runs)))
         except (AblationError, OSError) as exc:
-            print(f"mf.train.ablation: {exc}", file=sys.stderr)
+            print(f"eval.ablation: {exc}", file=sys.stderr)
             return 2
     return 0
 

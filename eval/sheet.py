@@ -1,4 +1,4 @@
-"""`python -m mf.train.sheet`: a contact sheet of real vs generated frames and their log-mel
+"""`python -m eval.sheet`: a contact sheet of real vs generated frames and their log-mel
 spectrograms on held-out seeds, for the "watched" check of the model card.
 
 Owns nothing else: generation goes through `mf.pipeline.generate_clip` exactly as the ablation
@@ -28,7 +28,7 @@ def parse_system(text: str) -> tuple[str, Path, int]:
         path, steps = rest.rsplit("@", 1)
         return name.strip(), Path(path), int(steps)
     except ValueError:
-        raise SystemExit(f"mf.train.sheet: --system {text!r} is not NAME=WEIGHTS_DIR@STEPS") from None
+        raise SystemExit(f"eval.sheet: --system {text!r} is not NAME=WEIGHTS_DIR@STEPS") from None
 
 
 def spectrogram_image(audio_codec, audio: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def spectrogram_image(audio_codec, audio: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mf.train.sheet", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.sheet", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[3, 17], help="offsets from HELDOUT_SEED_START")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--every", type=int, default=5, help="show every N-th frame")
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mf.codecs import load_codecs
     from mf.data import render_clip
-    from mf.pipeline import generate_clip
-    from mf.train.ablation import AblationError, _studio
+    from mf.pipeline import generate_clip, load_studio
 
     codecs = load_codecs(args.codecs)
     systems = [parse_system(s) for s in (args.system or DEFAULT_SYSTEMS)]
@@ -65,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         specs.append((f"real {offset}", spectrogram_image(codecs[1], real.audio)))
         for name, path, steps in systems:
             try:
-                studio = _studio(path, codecs, "cpu")
-            except AblationError as exc:
-                print(f"mf.train.sheet: skipping {name}: {exc}", file=sys.stderr)
+                studio = load_studio(model_dir=path, codecs=codecs, device="cpu")
+            except ValueError as exc:
+                print(f"eval.sheet: skipping {name}: {exc}", file=sys.stderr)
                 continue
             frames, audio, _ = generate_clip(studio, steps=steps, seed=seed, seconds=args.seconds)
             rows.append((name, frames[cols]))
