@@ -25,11 +25,12 @@ import numpy as np
 
 from app import limits
 from app.plots import chunk_timing_figure, trajectory_figure
-from app.runs import (InputError, RunStats, check_seconds, check_steps, check_text, chunk_nfe, join_chunks,
-                      parse_character, resolve_seed, run_generation, supports_history)
+from app.runs import (InputError, RunStats, check_seconds, check_steps, check_text, join_chunks, parse_character,
+                      resolve_seed, run_generation)
 from app.workspace import Workspace
 from mf.constants import FPS, SAMPLE_RATE
 from mf.media import MediaError, write_mp4
+from mf.pipeline import Chunk, Studio, character_for
 
 log = logging.getLogger("mf.app")
 
@@ -78,6 +79,16 @@ def _guarded(fn):
     return wrapper
 
 
+def _json_safe(numbers: dict) -> dict:
+    """NaN/inf (e.g. the confidence of a flagged sync estimate) become None: JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in numbers.items()}
+
+
+def _request(text: str | None, seed: int, character_id: int | None) -> dict:
+    """What a clip was asked for, kept in its stats so its ground truth can be drawn later (``truth_for_clip``)."""
+    return {"text": text, "character": character_for(seed, character_id)}
+
+
 @dataclass
 class ChunkSession:
     """One visitor's Chunks-tab generation (kept in their gr.State, never shared)."""
@@ -96,7 +107,7 @@ class ChunkSession:
 class Handlers:
     """Event handlers bound to one read-only studio and one workspace."""
 
-    def __init__(self, studio, generate_fn, workspace: Workspace, *, studio_error: str | None = None,
+    def __init__(self, studio: Studio | None, generate_fn, workspace: Workspace, *, studio_error: str | None = None,
                  score_sets=None, eval_plots=None, eval_error: str | None = None, metrics=None,
                  assets: str = "assets"):
         self.studio = studio
@@ -108,6 +119,7 @@ class Handlers:
         self.score_sets = score_sets
         self.eval_plots = eval_plots
         self.eval_error = eval_error
+        self._feature_extractor = None
 
     # ---------------------------------------------------------------- shared helpers
     def metric_choices(self) -> list[str]:
@@ -124,14 +136,6 @@ class Handlers:
     def _inputs(self, text, character, seed, seconds, cap):
         return check_text(text), parse_character(character), resolve_seed(seed), check_seconds(seconds, cap)
 
-    def frames_per_chunk(self) -> int | None:
-        for owner in (self.studio, getattr(self.studio, "config", None), getattr(self.studio, "model", None),
-                      getattr(getattr(self.studio, "model", None), "config", None)):
-            value = getattr(owner, "frames_per_chunk", None) if owner is not None else None
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
-
     # ---------------------------------------------------------------- generate (one clip)
     @_guarded
     def generate(self, text, character, seed, seconds, steps):
@@ -141,24 +145,52 @@ class Handlers:
         steps = check_steps(steps)
         run = run_generation(self.studio, self.generate_fn, steps=steps, seed=seed, seconds=seconds, text=text,
                              character_id=cid, out_dir=self.workspace.new_dir("generate"), name="clip")
-        return run.mp4_path, seed, run.stats.as_dict()
+        return run.mp4_path, seed, {**run.stats.as_dict(), **_request(text, seed, cid)}
 
     # ---------------------------------------------------------------- compare (4 / 8 / 50)
+    def _extractor(self):
+        """The corpus feature extractor for the frame distance, loaded on first use and kept (read-only)."""
+        if self._feature_extractor is None:
+            from eval.features import load_extractor
+
+            self._feature_extractor = load_extractor()
+        return self._feature_extractor
+
+    def _ground_truth(self, seed: int, seconds: float, text: str | None, character_id: int | None, out_dir: str):
+        """(corpus clip, its mp4): what a request of these arguments should look and sound like."""
+        from eval.compare import ground_truth
+
+        truth = ground_truth(seed, seconds, text=text, character_id=character_id,
+                             frames_per_chunk=self.studio.config.frames_per_chunk,
+                             size=self.studio.video_codec.frame_size)
+        path = write_mp4(os.path.join(out_dir, f"ground-truth-seed{seed}.mp4"), truth.frames, FPS, truth.audio,
+                         SAMPLE_RATE)
+        return truth, path
+
     @_guarded
     def compare(self, text, character, seed, seconds):
-        """Same seed at 4, 8 and 50 steps; yields after each so the 4-step player fills first.
+        """Same seed at 4, 8 and 50 steps beside the ground truth; yields after each so players fill in turn.
 
-        Yields (seed used, video4, stats4, video8, stats8, video50, stats50, all stats dict).
+        Yields (seed used, truth video, truth notes, video4, notes4, video8, notes8, video50, notes50,
+        all numbers dict). The ground truth is the corpus render of the same character and script
+        (``eval.compare.ground_truth``); each model panel shows its sync offset, its distances to the
+        truth (``eval.compare.measure``), wall time and RTF.
         """
+        from eval import compare as gt
+
         self._need_studio()
         text, cid, seed, seconds = self._inputs(text, character, seed, seconds, limits.MAX_SECONDS_COMPARE)
         out_dir = self.workspace.new_dir("compare")
+        truth, truth_mp4 = self._ground_truth(seed, seconds, text, cid, out_dir)
+        truth_sync = gt.sync_numbers(truth.frames, truth.audio)
+        truth_note = (f"**ground truth** (corpus render, character {character_for(seed, cid)}, same script)\n\n"
+                      + gt.markdown(truth_sync) + " (the estimator on the truth itself)")
         videos = {s: None for s in limits.COMPARE_STEPS}
         notes = {s: "waiting…" for s in limits.COMPARE_STEPS}
-        table: dict = {"seed": seed, "seconds_requested": seconds, "runs": {}}
+        table: dict = {"seed": seed, "seconds_requested": seconds, "ground_truth": _json_safe(truth_sync), "runs": {}}
 
         def frame():
-            out = [seed]
+            out = [seed, truth_mp4, truth_note]
             for s in limits.COMPARE_STEPS:
                 out += [videos[s], notes[s]]
             return tuple(out + [dict(table)])
@@ -168,9 +200,35 @@ class Handlers:
             yield frame()
             run = run_generation(self.studio, self.generate_fn, steps=steps, seed=seed, seconds=seconds,
                                  text=text, character_id=cid, out_dir=out_dir, name="compare")
-            videos[steps], notes[steps] = run.mp4_path, run.stats.markdown()
-            table["runs"][str(steps)] = run.stats.as_dict()
+            numbers = gt.measure(run.frames, run.audio, truth.frames, truth.audio, wall_s=run.stats.wall_s,
+                                 extractor=self._extractor())
+            videos[steps] = run.mp4_path
+            notes[steps] = run.stats.markdown() + "\n\n" + gt.markdown(numbers, timing=False)
+            table["runs"][str(steps)] = {**run.stats.as_dict(), "vs_ground_truth": _json_safe(numbers)}
             yield frame()
+
+    @_guarded
+    def truth_for_clip(self, video, stats):
+        """The ground truth of a finished Talk clip and the clip's numbers against it: (truth mp4, notes).
+
+        ``stats`` is the clip's timings dict as /generate and /stream return it (seed, seconds, text,
+        character, wall_s); the clip is read back from its mp4 (AAC audio, so the audio distance includes
+        the codec's small loss).
+        """
+        from eval import compare as gt
+        from mf.media import read_av
+
+        self._need_studio()
+        if not video or not stats or "character" not in stats:
+            raise gr.Error("Generate a clip first (▶ Stream or “Generate the whole clip first”).")
+        clip = read_av(str(video))  # gr.Video hands the handler a file path
+        seed, seconds = int(stats["seed"]), float(stats["seconds"])
+        truth, out = self._ground_truth(seed, seconds, stats.get("text"), int(stats["character"]),
+                                        self.workspace.new_dir("truth"))
+        numbers = gt.measure(clip.frames, clip.audio, truth.frames, truth.audio, wall_s=stats.get("wall_s"),
+                             extractor=self._extractor())
+        return out, f"**this clip vs its ground truth** (character {stats['character']}, same script)\n\n" + \
+            gt.markdown(numbers)
 
     # ---------------------------------------------------------------- chunks
     @_guarded
@@ -220,28 +278,23 @@ class Handlers:
         clip = os.path.join(session.out_dir, f"chunk{k:03d}-seed{session.seed}.mp4")
         if not os.path.exists(clip):
             write_mp4(clip, frames, FPS, audio, SAMPLE_RATE)
-        t0 = getattr(chunk, "start_frame", chunk.index * frames.shape[0]) / FPS
-        timings = chunk.timings or {}
-        info = (f"**Chunk {k} of {n - 1}** · frames {frames.shape[0]} ({t0:.2f}–{t0 + frames.shape[0] / FPS:.2f} s) · "
-                f"model {timings.get('model_s', 0.0) * 1000:.0f} ms · decode {timings.get('decode_s', 0.0) * 1000:.0f} ms · "
-                f"{chunk_nfe(chunk, session.steps, 1.0)} network evaluations · seed {getattr(chunk, 'seed', session.seed)}")
+        t0 = chunk.start_seconds
+        t1, timings = t0 + frames.shape[0] / FPS, chunk.timings
+        info = (f"**Chunk {k} of {n - 1}** · frames {frames.shape[0]} ({t0:.2f}–{t1:.2f} s) · "
+                f"model {timings['model_s'] * 1000:.0f} ms · decode {timings['decode_s'] * 1000:.0f} ms · "
+                f"{timings['nfe']} network evaluations · seed {chunk.seed}")
         return clip, (SAMPLE_RATE, audio), self._step_previews(session, chunk), info, \
             chunk_timing_figure(session.chunks, selected=chunk.index)
 
-    def _step_previews(self, session: ChunkSession, chunk):
+    def _step_previews(self, session: ChunkSession, chunk: Chunk):
+        """Middle frame of the decoded video latent after a few denoising steps (``Chunk.step_latents``)."""
         steps = chunk.step_latents or []
-        if not steps:
-            return []
-        codec = getattr(self.studio, "video_codec", None)
-        if codec is None:
-            raise gr.Error("The studio has no video_codec, so per-step latents cannot be decoded for preview.")
         n = len(steps)
-        picks = sorted(set(np.linspace(0, n - 1, min(n, MAX_STEP_PREVIEWS)).round().astype(int).tolist()))
+        picks = sorted(set(np.linspace(0, n - 1, min(n, MAX_STEP_PREVIEWS)).round().astype(int).tolist())) if n else []
         gallery = []
         for i in picks:
-            item = steps[i]
-            video = item[0] if isinstance(item, (tuple, list)) else item.get("video") if isinstance(item, dict) else item
-            frames = np.asarray(codec.decode_uint8(video))
+            video, _audio = steps[i]
+            frames = np.asarray(self.studio.video_codec.decode_uint8(video))
             mid = frames[frames.shape[0] // 2]
             big = np.repeat(np.repeat(mid, PREVIEW_SCALE, axis=0), PREVIEW_SCALE, axis=1)
             gallery.append((big, f"after step {i + 1}/{n}"))
@@ -253,8 +306,6 @@ class Handlers:
         self._need_studio()
         if session is None:
             raise gr.Error("Generate first: press “Generate chunks”.")
-        if not supports_history(self.generate_fn):
-            raise gr.Error("This build's pipeline cannot continue from a chunk (generate() has no `history` argument).")
         k = int(index or 0)
         history = session.chunks[:k + 1]
         if len(history) >= len(session.chunks):
@@ -263,22 +314,12 @@ class Handlers:
         out_dir = self.workspace.new_dir("continue")
         # The same clip length and character; only the noise (and a seed-made babble script) change.
         run = run_generation(self.studio, self.generate_fn, steps=session.steps, seed=seed, seconds=session.seconds,
-                             text=session.text, character_id=self._character_of(session),
+                             text=session.text, character_id=character_for(session.seed, session.character_id),
                              out_dir=out_dir, name=f"continue-from{k}", keep_step_latents=True, history=history)
         new = ChunkSession(run.chunks, session.steps, seed, session.seconds, session.text, session.character_id,
                            out_dir, session.trajectories, run.stats)
         return self._session_outputs(new, run.mp4_path,
                                      kept=f" (chunks 0–{k} kept from seed {session.seed}, the rest new)")
-
-    def _character_of(self, session: ChunkSession) -> int | None:
-        """The character a session showed: the pipeline picks character ``seed`` when none was chosen."""
-        if session.character_id is not None:
-            return session.character_id
-        try:
-            from mf.data.characters import MAX_CHARACTER_ID
-        except ImportError:
-            return None
-        return session.seed if session.seed <= MAX_CHARACTER_ID else None
 
     # ---------------------------------------------------------------- stream
     @_guarded
@@ -288,8 +329,7 @@ class Handlers:
         text, cid, seed, seconds = self._inputs(text, character, seed, seconds, limits.MAX_SECONDS_STREAM)
         steps = check_steps(steps)
         out_dir = self.workspace.new_dir("stream")
-        fpc = self.frames_per_chunk()
-        expected = math.ceil(seconds * FPS / fpc) if fpc else None
+        expected = math.ceil(round(seconds * FPS) / self.studio.config.frames_per_chunk)
         pending, done, frames_done, seg = [], [], 0, 0
         start = time.perf_counter()
         yield None, f"⏳ starting · seed {seed}", None, seed, gr.skip()
@@ -299,8 +339,6 @@ class Handlers:
             pending.append(chunk)
             done.append(chunk)
             frames_done += np.asarray(chunk.frames).shape[0]
-            if expected is None:
-                expected = math.ceil(seconds * FPS / np.asarray(chunk.frames).shape[0])
             pending_frames = sum(np.asarray(c.frames).shape[0] for c in pending)
             if pending_frames < STREAM_SEGMENT_SECONDS * FPS and len(done) < expected:
                 continue
@@ -321,20 +359,21 @@ class Handlers:
         stats = RunStats(
             steps=steps, seed=seed, seconds=frames.shape[0] / FPS, chunks=len(done), frames=frames.shape[0],
             wall_s=elapsed,  # includes muxing the segments: what a viewer of the stream waited
-            model_s=float(sum(c.timings.get("model_s", 0.0) for c in done)),
-            decode_s=float(sum(c.timings.get("decode_s", 0.0) for c in done)),
-            nfe=int(sum(chunk_nfe(c, steps, 1.0) for c in done)), trained=bool(getattr(self.studio, "trained", True)))
+            model_s=float(sum(c.timings["model_s"] for c in done)),
+            decode_s=float(sum(c.timings["decode_s"] for c in done)),
+            nfe=int(sum(c.timings["nfe"] for c in done)), trained=self.studio.trained)
         t0 = time.perf_counter()
         full = write_mp4(os.path.join(out_dir, f"stream-{steps}steps-seed{seed}.mp4"), frames, FPS, audio, SAMPLE_RATE)
         stats.mux_s = time.perf_counter() - t0
         final = (f"✅ done: {len(done)} chunks, {stats.seconds:.2f} s of video in {elapsed:.2f} s "
                  f"({stats.gen_fps:.1f} frames/s, RTF {stats.rtf:.2f}) · seed {seed}")
-        yield gr.skip(), final, full, seed, stats.as_dict()
+        yield gr.skip(), final, full, seed, {**stats.as_dict(), **_request(text, seed, cid)}
 
     # ---------------------------------------------------------------- evaluate
     @_guarded
-    def evaluate(self, generated_files, reference_files, metrics, windows="0-5,5-15,15-25", progress=gr.Progress()):
-        """Score uploaded sets: (summary md, table, 3 figures, [csv, json], notes md)."""
+    def evaluate(self, generated_files, reference_files=None, metrics=None, windows="0-5,5-15,15-25",
+                 progress=gr.Progress()):
+        """Score uploaded sets: (summary md, table, 3 figures, [csv, json], notes md); references optional for sync."""
         from app.evaluate import run_evaluation  # local: keeps the eval package optional at startup
 
         if self.score_sets is None:
@@ -342,3 +381,17 @@ class Handlers:
         return run_evaluation(self.score_sets, self.eval_plots, generated_files, reference_files, metrics,
                               windows, self.workspace.new_dir("evaluate"), progress)
 
+    def example_set(self) -> tuple[list[str], list[str]]:
+        """The shipped example set: (generated, references) in ``assets/examples`` (``python -m eval.examples``)."""
+        from eval.examples import example_files
+
+        return example_files(os.path.join(self.assets, "examples"))
+
+    @_guarded
+    def evaluate_examples(self, metrics, windows="0-5,5-15,15-25", progress=gr.Progress()):
+        """Score the shipped example set through the same handler as uploads."""
+        generated, references = self.example_set()
+        if not generated:
+            raise gr.Error("This build ships no example set (assets/examples); make it with "
+                           "`python -m eval.examples --out assets/examples`.")
+        return self.evaluate(generated, references, metrics, windows, progress)

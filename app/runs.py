@@ -14,7 +14,6 @@ Timing rules (so numbers are comparable across the three Compare players):
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from app import limits
 from mf.constants import FPS, SAMPLE_RATE
 from mf.media import write_mp4
+from mf.pipeline import Chunk, Studio
 
 
 class InputError(ValueError):
@@ -62,7 +62,7 @@ def check_seconds(seconds, cap: float) -> float:
 
 
 def check_text(text) -> str | None:
-    """Blank text means "no script": the model speaks whatever its conditioning gives it."""
+    """Blank text becomes None, which ``mf.pipeline.generate`` reads as "babble a random script drawn from the seed"."""
     if text is None:
         return None
     text = str(text).strip()
@@ -98,15 +98,6 @@ def check_steps(steps) -> int:
     if value not in limits.STEP_CHOICES:
         raise InputError(f"Steps must be one of {list(limits.STEP_CHOICES)}, got {value}.")
     return value
-
-
-def chunk_nfe(chunk, steps: int, cfg_scale: float) -> int:
-    """Network evaluations spent on one chunk: the pipeline's own count when it reports one."""
-    reported = (chunk.timings or {}).get("nfe")
-    if reported is not None:
-        return int(reported)
-    # Fallback: one network pass per step, two with classifier-free guidance.
-    return steps * (2 if cfg_scale and cfg_scale != 1.0 else 1)
 
 
 @dataclass
@@ -173,7 +164,7 @@ class GenerationRun:
     mp4_path: str | None = None
 
 
-def join_chunks(chunks) -> tuple[np.ndarray, np.ndarray]:
+def join_chunks(chunks: list[Chunk]) -> tuple[np.ndarray, np.ndarray]:
     if not chunks:
         raise RuntimeError("the pipeline produced no chunks")
     frames = np.concatenate([np.asarray(c.frames) for c in chunks], axis=0)
@@ -181,24 +172,13 @@ def join_chunks(chunks) -> tuple[np.ndarray, np.ndarray]:
     return frames, audio
 
 
-def supports_history(generate_fn) -> bool:
-    """Whether ``generate`` can continue from finished chunks (the "Continue from chunk k" button)."""
-    try:
-        return "history" in inspect.signature(generate_fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def run_generation(studio, generate_fn, *, steps: int, seed: int, seconds: float, text: str | None,
+def run_generation(studio: Studio, generate_fn, *, steps: int, seed: int, seconds: float, text: str | None,
                    character_id: int | None, out_dir: str | None, name: str = "clip",
                    keep_step_latents: bool = False, cfg_scale: float = 1.0, history=None) -> GenerationRun:
     """Run ``generate`` to the end, then mux one mp4 into ``out_dir`` (skipped when None)."""
-    kwargs = dict(steps=steps, seed=seed, seconds=seconds, text=text, character_id=character_id,
-                  cfg_scale=cfg_scale, keep_step_latents=keep_step_latents)
-    if history:
-        kwargs["history"] = history
     start = time.perf_counter()
-    chunks = list(generate_fn(studio, **kwargs))
+    chunks = list(generate_fn(studio, steps=steps, seed=seed, seconds=seconds, text=text, character_id=character_id,
+                              cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, history=history))
     wall = time.perf_counter() - start
     prior = list(history or [])
     all_chunks = prior + chunks
@@ -207,10 +187,10 @@ def run_generation(studio, generate_fn, *, steps: int, seed: int, seconds: float
     stats = RunStats(
         steps=steps, seed=seed, seconds=frames.shape[0] / FPS, chunks=len(chunks), frames=new_frames,
         wall_s=wall,
-        model_s=float(sum((c.timings or {}).get("model_s", 0.0) for c in chunks)),
-        decode_s=float(sum((c.timings or {}).get("decode_s", 0.0) for c in chunks)),
-        nfe=int(sum(chunk_nfe(c, steps, cfg_scale) for c in chunks)),
-        trained=bool(getattr(studio, "trained", True)),
+        model_s=float(sum(c.timings["model_s"] for c in chunks)),
+        decode_s=float(sum(c.timings["decode_s"] for c in chunks)),
+        nfe=int(sum(c.timings["nfe"] for c in chunks)),
+        trained=studio.trained,
     )
     if history:
         # RTF of a continuation is about the part generated now, not the reused prefix.

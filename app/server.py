@@ -37,7 +37,7 @@ def load_backends(assets: str = "assets", device: str = "cpu"):
         from eval import score as eval_score
 
         score_sets = eval_score.score_sets
-        metrics = getattr(eval_score, "METRICS", None)
+        metrics = eval_score.METRICS
         try:
             from eval import plots as eval_plots
         except Exception as exc:  # noqa: BLE001 - tables and downloads still work without charts
@@ -113,3 +113,15 @@ def launch_kwargs(handlers: Handlers) -> dict:
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",
         theme=THEME, css=CSS, show_error=True, ssr_mode=False,
     )
+
+
+def main() -> None:
+    """``python app.py`` / ``mf-app``: serve the workbench (GRADIO_SERVER_NAME/PORT, MF_ASSETS, MF_TORCH_THREADS)."""
+    import torch
+
+    # One intra-op thread per request: requests run side by side and the pipeline already samples the
+    # next chunk in a worker thread while the current one decodes; more threads thrash 2 CPU cores.
+    torch.set_num_threads(int(os.environ.get("MF_TORCH_THREADS", 1)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    demo, handlers = create_app(assets=os.environ.get("MF_ASSETS", "assets"))
+    demo.launch(**launch_kwargs(handlers))

@@ -2,7 +2,8 @@
 
 All work happens in ``app.handlers`` (plain functions); this module decides what a visitor sees and
 which handler each button calls, with an ``api_name`` on every event so ``gradio_client`` can drive
-``generate``, ``compare``, ``chunks``, ``stream`` and ``evaluate``. Generation events share one
+``generate``, ``compare``, ``chunks``, ``stream``, ``talk_truth``, ``evaluate`` and ``evaluate_examples``
+(every output has a label, so the API view names it). Generation events share one
 concurrency group sized for the CPU (``app.limits``); evaluation has its own.
 
 Theme and CSS are handed to ``launch()`` (Gradio 6), see ``THEME``/``CSS`` and ``app.py``.
@@ -30,6 +31,15 @@ video, .pixelated img, .thumbs img { image-rendering: pixelated; }
 #notice { border-left: 4px solid #e4572e; padding: 4px 12px; background: #fff4ef; }
 #notice p { color: #222; }
 """
+COMPARE_NUMBERS = """The **ground truth** is the procedural corpus's render of the same character saying the same
+timed script the model was conditioned on. Under each model player: **sync** = audio-video offset measured by
+the weight-free estimator (*uncertain* when it flags the clip, always for clips under 2 s); **feature distance**
+= mean distance between corpus features (look + mouth shape) of aligned frames; **PSNR** against the truth's
+pixels (punishes any head sway, so read it with care); **log-mel distance** = dB difference of the two
+spectrograms. Lower distances are closer to the truth. Definitions: `eval/compare.py`."""
+EXAMPLE_SET_NOTE = ("No clips at hand? **Score the example set**: 4 clips of 6 s that the shipped model made "
+                    "at 4 steps (held-out seeds) and their ground truths, the corpus renders of the same "
+                    "characters and scripts (`assets/examples`, made by `python -m eval.examples`).")
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate")
 
 CITATION = """```bibtex
@@ -79,7 +89,7 @@ def _gallery_characters():
 def _notice(studio, studio_error) -> str:
     if studio is None:
         return f"⚠ **Generation is unavailable on this server**: {studio_error}. The Evaluate tab still works."
-    if not getattr(studio, "trained", False):
+    if not studio.trained:
         return ("⚠ **These are the model's initial (untrained) weights**: `assets/model` is absent, so what "
                 "you see and hear is not a trained result (blank or noise-like). The timings are still real.")
     return ""
@@ -102,7 +112,7 @@ def _fid_note() -> str:
 
 def _controls(cap: float, *, prefix: str, choices, default_seconds: float, steps: bool):
     with gr.Row():
-        text = gr.Textbox(label="Text to say (optional)", max_length=limits.MAX_TEXT_CHARS, scale=3,
+        text = gr.Textbox("", label="Text to say (optional)", max_length=limits.MAX_TEXT_CHARS, scale=3,
                           placeholder="e.g. hello, nice to meet you", elem_id=f"{prefix}-text")
         char = gr.Dropdown(choices=[("random", "random")] + choices, value="random", allow_custom_value=True,
                            label="Character", scale=2, elem_id=f"{prefix}-character")
@@ -114,6 +124,14 @@ def _controls(cap: float, *, prefix: str, choices, default_seconds: float, steps
         step = gr.Radio([str(s) for s in limits.STEP_CHOICES], value="4", label="Sampling steps",
                         elem_id=f"{prefix}-steps") if steps else None
     return text, char, seed, seconds, step
+
+
+def _seed_used(elem_id: str, **kwargs) -> gr.Number:
+    """The "Seed used" box: hidden until a run fills it (an empty Number would read 0, a seed never used)."""
+    box = gr.Number(None, label="Seed used", interactive=False, precision=0, visible=False, elem_id=elem_id, **kwargs)
+    box.change(lambda: gr.Number(visible=True), None, box, api_visibility="private", queue=False,
+               show_progress="hidden")
+    return box
 
 
 def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_examples: bool | None = None) -> gr.Blocks:
@@ -148,15 +166,21 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                     gr.Markdown("ℹ Live streaming needs `ffmpeg` and `ffprobe` on this server; they are missing, so "
                                 "the player shows the clip so far after each segment instead.")
                 s_status = gr.Markdown("Press ▶ Stream: playback starts after the first second is generated.",
-                                       elem_id="stream-status")
+                                       label="status", elem_id="stream-status")
                 with gr.Row():
                     s_live = gr.Video(label="Live", streaming=streaming, autoplay=True, interactive=False,
                                       elem_id="stream-live", elem_classes=["player"], height=PLAYER_HEIGHT)
                     s_full = gr.Video(label="Full clip (when finished)", interactive=False, buttons=["download"],
                                       elem_id="stream-full", elem_classes=["player"], height=PLAYER_HEIGHT)
                 with gr.Row():
-                    g_seed = gr.Number(None, label="Seed used", interactive=False, precision=0)
+                    g_seed = _seed_used("stream-seed-used")
                     g_json = gr.JSON(label="timings")
+                with gr.Accordion("Ground truth of this clip, and the clip's numbers against it", open=False):
+                    t_btn = gr.Button("Show the ground truth and measure the clip", elem_id="talk-truth-run")
+                    with gr.Row():
+                        t_video = gr.Video(label="ground truth", interactive=False, elem_id="talk-truth-video",
+                                           elem_classes=["player"], height=PLAYER_HEIGHT)
+                        t_notes = gr.Markdown(COMPARE_NUMBERS, label="numbers vs ground truth", elem_id="talk-truth")
 
                 def stream_fn(text, character, seed, seconds, steps):
                     yield from handlers.stream(text, character, seed, seconds, steps, live=streaming)
@@ -174,6 +198,8 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                                       [s_live, s_status, s_full, g_seed, g_json], api_name="stream", **gen)
                 s_stop.click(lambda: "■ stopped", None, s_status, cancels=[s_event], api_name="stop_stream",
                              api_visibility="private", queue=False)
+                t_btn.click(handlers.truth_for_clip, [s_full, g_json], [t_video, t_notes], api_name="talk_truth",
+                            concurrency_id="evaluate", concurrency_limit=limits.EVAL_CONCURRENCY)
                 g_btn.click(handlers.generate, [s_text, s_char, s_seed, s_seconds, s_steps], [s_full, g_seed, g_json],
                             api_name="generate", **gen)
 
@@ -189,19 +215,20 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                 with gr.Row():
                     c_btn = gr.Button("Generate at 4, 8 and 50 steps", variant="primary", elem_id="compare-run",
                                       scale=4)
-                    c_used = gr.Number(None, label="Seed used", interactive=False, precision=0, scale=1,
-                                       elem_id="compare-seed-used")
+                    c_used = _seed_used("compare-seed-used", scale=1)
                 players = []
                 with gr.Row():
-                    for steps in limits.COMPARE_STEPS:
-                        with gr.Column(elem_classes=["player"]):
-                            video = gr.Video(label=f"{steps} steps", elem_id=f"compare-video-{steps}",
+                    for steps in ("truth",) + tuple(limits.COMPARE_STEPS):
+                        name = "ground truth" if steps == "truth" else f"{steps} steps"
+                        with gr.Column(elem_classes=["player"], min_width=200):  # the four side by side
+                            video = gr.Video(label=name, elem_id=f"compare-video-{steps}",
                                              buttons=["download"], interactive=False, height=PLAYER_HEIGHT)
-                            stats = gr.Markdown(f"{steps} steps: press the button above.",
+                            stats = gr.Markdown(f"{name}: press the button above.", label=f"{name} numbers",
                                                 elem_id=f"compare-stats-{steps}")
                             players += [video, stats]
                 with gr.Accordion("All timings (JSON)", open=False):
                     c_json = gr.JSON(label="compare timings")
+                gr.Markdown(COMPARE_NUMBERS)
                 gr.Markdown("RTF = wall seconds per second of output (below 1 = faster than real time). Network "
                             "evaluations = denoising passes of the network (the KV-cache write of a finished chunk "
                             "rides along in the next chunk's first pass). Decode "
@@ -221,7 +248,7 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                     limits.MAX_SECONDS_CHUNKS, prefix="chunks", choices=choices, default_seconds=2.0, steps=True)
                 k_btn = gr.Button("Generate chunks (keeps every denoising step)", variant="primary",
                                   elem_id="chunks-run")
-                k_summary = gr.Markdown(elem_id="chunks-summary")
+                k_summary = gr.Markdown(label="summary", elem_id="chunks-summary")
                 # Step latents of a 50-step run are tens of MB: drop a visitor's session after an idle hour.
                 k_state = gr.State(None, time_to_live=3600)
                 k_slider = gr.Slider(0, 1, value=0, step=1, label="Chunk", interactive=False, elem_id="chunk-slider")
@@ -230,7 +257,7 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                                       elem_classes=["player"], height=PLAYER_HEIGHT, loop=True)
                     with gr.Column():
                         k_audio = gr.Audio(label="This chunk's audio", interactive=False, elem_id="chunk-audio")
-                        k_info = gr.Markdown(elem_id="chunk-info")
+                        k_info = gr.Markdown(label="chunk info", elem_id="chunk-info")
                 k_steps_gallery = gr.Gallery(label="Decoded latent after each denoising step (middle frame)",
                                              columns=10, height=170, allow_preview=True, elem_classes=["pixelated"],
                                              elem_id="chunk-steps")
@@ -274,9 +301,13 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                                                  label="Metrics", elem_id="eval-metrics", scale=3)
                     e_windows = gr.Textbox("0-5,5-15,15-25", label="Time windows (seconds)", scale=1,
                                            elem_id="eval-windows")
-                e_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
-                e_notes = gr.Markdown(elem_id="eval-notes")
-                e_summary = gr.Markdown(elem_id="eval-summary")
+                with gr.Row():
+                    e_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+                    e_ex_btn = gr.Button("Score the example set", elem_id="eval-examples",
+                                         visible=bool(handlers.example_set()[0]))
+                gr.Markdown(EXAMPLE_SET_NOTE)
+                e_notes = gr.Markdown(label="notes", elem_id="eval-notes")
+                e_summary = gr.Markdown(label="summary", elem_id="eval-summary")
                 e_table = gr.Dataframe(label="Per clip (errors are rows too)", interactive=False, wrap=True,
                                        elem_id="eval-table")
                 with gr.Row():
@@ -287,6 +318,9 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                 e_btn.click(handlers.evaluate, [e_gen, e_ref, e_metrics, e_windows],
                             [e_summary, e_table, *e_plots, e_files, e_notes], api_name="evaluate",
                             concurrency_id="evaluate", concurrency_limit=limits.EVAL_CONCURRENCY)
+                e_ex_btn.click(handlers.evaluate_examples, [e_metrics, e_windows],
+                               [e_summary, e_table, *e_plots, e_files, e_notes], api_name="evaluate_examples",
+                               concurrency_id="evaluate", concurrency_limit=limits.EVAL_CONCURRENCY)
 
             # ------------------------------------------------------------ About
             with gr.Tab("About", id="about"):

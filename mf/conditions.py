@@ -81,31 +81,40 @@ class Conditions:
         return Conditions.cat([self, self.with_text_dropped()])
 
 
+def script_phones(text: str | None, seconds: float, seed: int) -> tuple[list, bool, str]:
+    """The timed script a clip of ``seconds`` is conditioned on -> (phones on the video clock, text_dropped, note).
+
+    - ``text`` a sentence: timed by the corpus's rule-based front end (``text_to_phones``); a script
+      longer than the clip is cut (the note says so) and ``phone_ids`` pads a shorter one with silence.
+    - ``text`` None: the character babbles a random script drawn from ``seed`` (the corpus's
+      ``random_script``), so "press generate" shows a talking character.
+    - ``text`` "" (blank): no script at all (no phones); the learned "no script" embedding is used (text_dropped).
+    Timing jitter is deterministic in ``seed``. ``mf.data.render_clip(phones=...)`` renders the corpus
+    clip of exactly this script (the ground truth a generation is measured against).
+    """
+    from mf.data.script import random_script, text_to_phones  # the corpus owns the front end
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5C819]))
+    if text is not None and not text.strip():
+        return [], True, "no script: the model improvises"
+    if text is None:
+        return random_script(rng, 0.0, seconds), False, "random babble script (no text given)"
+    phones = text_to_phones(text, rng=rng)
+    spoken = phones[-1].end if phones else 0.0
+    note = f"the script needs {spoken:.1f} s; cut at {seconds:.1f} s" if spoken > seconds + 1e-6 else ""
+    return phones, False, note
+
+
 def script_phone_ids(text: str | None, n_mels: int, seed: int) -> tuple[np.ndarray, bool, str]:
     """Phoneme ids at the mel rate for a clip of ``n_mels`` mel frames -> (ids, text_dropped, note).
 
-    - ``text`` a sentence: timed by the corpus's rule-based front end (``text_to_phones``), padded with
-      silence to the clip length; a script longer than the clip is cut (the note says so).
-    - ``text`` None: the character babbles a random script drawn from ``seed`` (the corpus's
-      ``random_script``), so "press generate" shows a talking character.
-    - ``text`` "" (blank): no script at all; the learned "no script" embedding is used (text_dropped).
-    Timing jitter is deterministic in ``seed``.
+    The script is ``script_phones(text, n_mels / mel_rate, seed)``; "no script" is all zeros.
     """
-    from mf.data.script import phone_ids, random_script, text_to_phones  # the corpus owns the front end
+    from mf.data.script import phone_ids
 
     mel_rate = FPS * MELS_PER_FRAME
-    seconds = n_mels / mel_rate
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5C819]))
-    if text is not None and not text.strip():
-        return np.zeros(n_mels, dtype=np.int64), True, "no script: the model improvises"
-    note = ""
-    if text is None:
-        phones = random_script(rng, 0.0, seconds)
-        note = "random babble script (no text given)"
-    else:
-        phones = text_to_phones(text, rng=rng)
-        spoken = phones[-1].end if phones else 0.0
-        if spoken > seconds + 1e-6:
-            note = f"the script needs {spoken:.1f} s; cut at {seconds:.1f} s"
+    phones, dropped, note = script_phones(text, n_mels / mel_rate, seed)
+    if dropped:
+        return np.zeros(n_mels, dtype=np.int64), True, note
     ids = phone_ids(phones, n_mels, mel_rate)
     return np.asarray(ids, dtype=np.int64), False, note

@@ -1,4 +1,6 @@
-"""Command line generation: ``python -m mf.generate --steps 4 --seconds 5 --seed 0 --out clip.mp4``.
+"""Command line generation: ``python -m mf.generate --steps 4 --seconds 5 --seed 0 [--out clip.mp4]``.
+
+Without ``--out`` the clip goes to ``outputs/clip-<steps>steps-seed<seed>.mp4`` (git ignores ``outputs/``).
 
 Owns the CLI around ``mf.pipeline``: loads the studio (trained checkpoint from ``assets/`` when it
 exists, otherwise initial weights, said on stdout and in the JSON), streams the chunks, writes the mp4
@@ -18,6 +20,8 @@ import time
 
 from mf.configs import MAX_SECONDS
 
+DEFAULT_OUT = os.path.join("outputs", "clip-{steps}steps-seed{seed}.mp4")  # .gitignore covers outputs/
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mf.generate",
@@ -36,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec-preset", default="tiny", help="codec preset when assets/codecs is absent")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: the sampler and the decoders already run in two threads)")
-    p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--out", default=None,
+                   help=f"output .mp4 path (default: {DEFAULT_OUT.format(steps='STEPS', seed='SEED')})")
     p.add_argument("--json", default=None, help="optional stats JSON path")
     return p
 
@@ -51,6 +56,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.out is None:
+        args.out = DEFAULT_OUT.format(steps=args.steps, seed=args.seed)
     if not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out must end in .mp4, got {args.out!r}")
     torch.set_num_threads(args.threads)

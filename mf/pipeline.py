@@ -154,6 +154,15 @@ def chunk_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def character_for(seed: int, character_id: int | None) -> int:
+    """The character a clip shows: ``character_id`` when given, else the seed (every seed its own character).
+
+    The same rule as the corpus (``mf.data.render_clip``), so a seed's ground-truth render shows the
+    character the pipeline was conditioned on.
+    """
+    return int(seed) if character_id is None else int(character_id)
+
+
 def _validate(studio: Studio, steps, seed, seconds, character_id, cfg_scale, text) -> None:
     from mf.data.characters import MAX_CHARACTER_ID
 
@@ -190,7 +199,7 @@ def build_conditions(studio: Studio, *, seed: int, n_chunks: int, text: str | No
                      character_id: int | None) -> tuple[Conditions, str]:
     """Conditions (batch 1) for a clip of ``n_chunks`` chunks, and a note about the script."""
     config = studio.config
-    cid = int(seed) if character_id is None else int(character_id)
+    cid = character_for(seed, character_id)
     frame, attributes = reference_frame(cid, studio.video_codec.frame_size, seed)
     ref = studio.video_codec.encode(frame[None]).to(studio.device, torch.float32)
     ids, dropped, note = script_phone_ids(text, n_chunks * config.mels_per_chunk, seed)
@@ -359,4 +368,4 @@ def generate_clip(studio: Studio, **kwargs) -> tuple[np.ndarray, np.ndarray, lis
 
 
 __all__ = ["Chunk", "Studio", "load_studio", "generate", "generate_clip", "build_conditions", "chunk_seed",
-           "reference_frame"]
+           "character_for", "reference_frame"]

@@ -3,14 +3,15 @@
 First the plain input rules (no server). Then one app launched in a subprocess on 127.0.0.1 and a
 free port, driven with gradio_client: every public api_name returns real, playable mp4 files with
 an audio stream of the expected length and sane timing numbers; bad input is a readable error;
-same seed, same output; four simultaneous users each get their own, correct result.
+same seed, same output; four simultaneous users each get their own, correct result. The API fits
+scripts: every output is named, optional inputs are optional, the README's gradio_client example runs
+as written; Compare comes with the ground truth and numbers, the example set is scored in one call.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import math
 import os
 import socket
@@ -131,11 +132,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pipeline_available() -> str | None:
-    # find_spec, not import: the server process imports it; this process need not pay for torch.
-    return None if importlib.util.find_spec("mf.pipeline") else "mf.pipeline does not exist yet"
-
-
 @contextlib.contextmanager
 def launched_app(work, **env_extra):
     """`python app.py` on a free port in a subprocess; yields its URL once it answers (shared with the browser test)."""
@@ -193,13 +189,6 @@ def client(server):
     return Client(server, verbose=False)
 
 
-@pytest.fixture()
-def needs_pipeline():
-    reason = _pipeline_available()
-    if reason:
-        pytest.skip(reason)
-
-
 def _video_path(value) -> str:
     path = value.get("video") if isinstance(value, dict) else value
     assert path and os.path.isfile(path), f"no video file in {value!r}"
@@ -233,10 +222,36 @@ def _check_stats(stats: dict, steps: int):
 def test_the_page_names_every_api(client):
     api = client.view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
-    assert {"/generate", "/compare", "/chunks", "/stream", "/evaluate"} <= names
+    assert {"/generate", "/compare", "/chunks", "/stream", "/evaluate", "/evaluate_examples"} <= names
 
 
-def test_generate_returns_a_clip_of_the_requested_length(client, needs_pipeline):
+def test_every_api_output_is_named_and_optional_inputs_are_optional(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    unnamed = [(name, r["label"]) for name, ep in api.items() for r in ep["returns"]
+               if not r["label"] or r["label"].startswith("value_")]
+    assert not unnamed, unnamed
+    required = {name: [p["parameter_name"] for p in ep["parameters"] if not p["parameter_has_default"]]
+                for name, ep in api.items()}
+    assert required["/evaluate"] == ["generated_files"]  # references are optional (sync needs none)
+    assert required["/generate"] == required["/compare"] == []  # text may be left out: random babble
+
+
+def test_the_readme_api_example_runs_as_written(server, tmp_path):
+    """The README's gradio_client block, run unchanged except for the address of this test's server."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    section = readme.split("## Use it from a script", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    assert 'Client("http://127.0.0.1:7860/")' in code
+    script = tmp_path / "readme_example.py"
+    script.write_text(code.replace("http://127.0.0.1:7860/", server))
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ex00" in done.stdout and "rtf" in done.stdout, done.stdout
+
+
+def test_generate_returns_a_clip_of_the_requested_length(client):
     video, seed, stats = client.predict("hello there", "random", 5, 1.0, "4", api_name="/generate")
     assert seed == 5 and stats["seed"] == 5
     _check_stats(stats, 4)
@@ -244,12 +259,23 @@ def test_generate_returns_a_clip_of_the_requested_length(client, needs_pipeline)
     _check_clip(video, 1.0, trained=stats["weights"] == "trained")
 
 
-def test_seed_minus_one_is_replaced_by_the_seed_actually_used(client, needs_pipeline):
+def test_a_talk_clip_is_measured_against_its_ground_truth(client):
+    from gradio_client import handle_file
+
+    video, seed, stats = client.predict("hello there, nice to meet you", "4", 11, 2.0, "4", api_name="/generate")
+    assert stats["character"] == 4 and stats["text"] == "hello there, nice to meet you"
+    truth, notes = client.predict(handle_file(_video_path(video)), stats, api_name="/talk_truth")
+    _check_clip(truth, 2.0)
+    assert "character 4" in notes and "feature distance" in notes and "log-mel distance" in notes
+    assert "RTF" in notes and "sync" in notes
+
+
+def test_seed_minus_one_is_replaced_by_the_seed_actually_used(client):
     _, seed, stats = client.predict("", "random", -1, 0.5, "1", api_name="/generate")
     assert 0 <= seed <= limits.MAX_SEED and stats["seed"] == seed
 
 
-def test_bad_input_is_a_readable_error(client, needs_pipeline):
+def test_bad_input_is_a_readable_error(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match=r"limit of|greater than maximum value 20"):
@@ -258,16 +284,23 @@ def test_bad_input_is_a_readable_error(client, needs_pipeline):
         client.predict("", "teal", 1, 1.0, "4", api_name="/generate")
 
 
-def test_compare_runs_4_then_8_then_50_steps_on_one_seed(client, needs_pipeline):
+def test_compare_runs_4_then_8_then_50_steps_on_one_seed_beside_the_ground_truth(client):
     job = client.submit("", "random", 3, 0.5, api_name="/compare")
     final = job.result(timeout=600)
     updates = job.outputs()
     # The 4-step player is filled while the 50-step one is still empty: results arrive as they finish.
-    assert any(u[1] is not None and u[5] is None for u in updates)
-    seed, v4, s4, v8, s8, v50, s50, table = final
+    assert any(u[3] is not None and u[7] is None for u in updates)
+    seed, truth, truth_notes, v4, s4, v8, s8, v50, s50, table = final
     assert seed == 3
-    for v in (v4, v8, v50):
+    for v in (truth, v4, v8, v50):
         _check_clip(v, 0.5)
+    assert "ground truth" in truth_notes and "sync" in truth_notes
+    for notes in (s4, s8, s50):  # a 0.5 s clip is too short for a sure sync estimate: said so
+        assert "feature distance" in notes and "log-mel distance" in notes and "uncertain" in notes
+    for steps in ("4", "8", "50"):
+        vs = table["runs"][steps]["vs_ground_truth"]
+        assert vs["feature_distance"] > 0 and vs["logmel_distance_db"] > 0 and vs["sync_uncertain"] is True
+        assert vs["rtf"] == pytest.approx(table["runs"][steps]["rtf"], rel=0.01)
     runs = table["runs"]
     for steps in (4, 8, 50):
         _check_stats(runs[str(steps)], steps)
@@ -276,7 +309,7 @@ def test_compare_runs_4_then_8_then_50_steps_on_one_seed(client, needs_pipeline)
     assert "RTF" in s4 and "network evaluations" in s50
 
 
-def test_chunks_returns_one_chunk_view_with_its_step_previews(client, needs_pipeline):
+def test_chunks_returns_one_chunk_view_with_its_step_previews(client):
     out = client.predict("", "random", 4, 1.0, "4", api_name="/chunks")
     slider, full, summary, trajectory, stats, clip, audio, steps_gallery, info, timing = out
     _check_stats(stats, 4)
@@ -287,7 +320,7 @@ def test_chunks_returns_one_chunk_view_with_its_step_previews(client, needs_pipe
     assert "Chunk 0" in info and trajectory is not None
 
 
-def test_stream_ends_with_the_full_clip(client, needs_pipeline):
+def test_stream_ends_with_the_full_clip(client):
     job = client.submit("", "random", 6, 2.0, "4", api_name="/stream")
     job.result(timeout=600)
     outputs = job.outputs()
@@ -297,7 +330,7 @@ def test_stream_ends_with_the_full_clip(client, needs_pipeline):
     _check_clip(full, 2.0)
 
 
-def test_four_simultaneous_users_get_their_own_results(client, server, needs_pipeline):
+def test_four_simultaneous_users_get_their_own_results(client, server):
     from gradio_client import Client
 
     results: dict[int, tuple] = {}
@@ -351,11 +384,6 @@ def _eval_sets(tmp_path, n: int = 2):
 def test_evaluate_scores_uploads_and_reports_bad_files_as_rows(client, tmp_path):
     from gradio_client import handle_file
 
-    try:
-        import eval.score  # noqa: F401
-        import mf.data  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"eval/mf.data not importable yet ({exc})")
     zpath, refs = _eval_sets(tmp_path)
     out = client.predict([handle_file(str(zpath))], [handle_file(str(p)) for p in refs], ["sync", "pesq"],
                          "0-1", api_name="/evaluate")
@@ -371,6 +399,16 @@ def test_evaluate_scores_uploads_and_reports_bad_files_as_rows(client, tmp_path)
     names = sorted(os.path.basename(f) for f in files)
     assert names == ["eval-report.csv", "eval-report.json"]
     assert offsets is not None
+
+
+def test_the_example_set_is_scored_in_one_call(client):
+    summary, table, offsets, pesq_fig, windows_fig, files, notes = client.predict(
+        ["sync", "pesq"], "0-3,3-6", api_name="/evaluate_examples")
+    headers, rows = table["headers"], table["data"]
+    assert [r[headers.index("name")] for r in rows] == ["ex00", "ex01", "ex02", "ex03"]
+    assert all(1.0 <= float(r[headers.index("pesq_wb")]) <= 4.7 for r in rows)
+    assert offsets is not None and pesq_fig is not None and windows_fig is not None
+    assert sorted(os.path.basename(f) for f in files) == ["eval-report.csv", "eval-report.json"]
 
 
 def test_evaluate_without_references_refuses_reference_metrics(client, tmp_path):

@@ -1,14 +1,15 @@
 """The workbench as a visitor sees it: Debian's chromium, headless, driven by Playwright.
 
-Opens the launched app, runs Compare and waits for the three players, steps the chunk slider,
-uploads a small eval set and waits for the table and a chart. Screenshots of each stage are
+Opens the launched app, runs Compare and waits for the ground truth, the three players and the numbers
+under each, steps the chunk slider, scores the shipped example set with one click, uploads a small eval
+set, and waits for the tables and charts. Screenshots of each stage are
 saved to test-artifacts/ for a person to look at.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import re
 import time
 
 import numpy as np
@@ -30,8 +31,6 @@ pytestmark = pytest.mark.browser
 def page(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); .ci/run installs it")
-    if importlib.util.find_spec("mf.pipeline") is None:  # found without importing torch here
-        pytest.skip("mf.pipeline does not exist yet")
     from playwright.sync_api import sync_playwright
 
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -78,14 +77,21 @@ def test_stream_plays_and_offers_the_full_clip(page):
     _shot(page, "app-02-stream.png")
 
 
-def test_compare_fills_three_players(page):
+def test_compare_fills_the_ground_truth_and_three_players_with_numbers(page):
     page.get_by_role("tab", name="Compare 4 · 8 · 50 steps").click()
+    assert not page.locator("#compare-seed-used input").is_visible()  # no "Seed used: 0" before anything ran
     _set_number(page, "#compare-seed", 3)
     _set_number(page, "#compare-seconds", 0.5)
     page.locator("#compare-run").click()
+    page.locator("#compare-video-truth video").wait_for()
+    page.locator("#compare-stats-truth").get_by_text("ground truth").first.wait_for()
     for steps in (4, 8, 50):
         page.locator(f"#compare-video-{steps} video").wait_for()
-        page.locator(f"#compare-stats-{steps}").get_by_text("RTF").wait_for()
+        page.locator(f"#compare-stats-{steps}").get_by_text("RTF").first.wait_for()
+        numbers = page.locator(f"#compare-stats-{steps}").inner_text()
+        assert re.search(r"feature distance \d+\.\d+", numbers) and re.search(r"log-mel distance \d+\.\d+ dB", numbers)
+        assert re.search(r"sync [+-]\d+ ms", numbers)
+    page.locator("#compare-seed-used input").wait_for()
     assert page.locator("#compare-seed-used input").input_value() == "3"
     _shot(page, "app-03-compare.png")
 
@@ -109,6 +115,17 @@ def test_chunk_slider_steps_through_chunks(page):
     page.locator("#chunks-summary").get_by_text("seed 9").first.wait_for()
 
 
+def test_the_example_set_is_scored_with_one_click(page):
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-examples").click()
+    page.locator("#eval-table").get_by_text("ex03").first.wait_for()
+    for i in range(3):
+        page.locator(f"#eval-plot-{i} .js-plotly-plot").wait_for()
+    page.locator("#eval-downloads").get_by_text("eval-report").first.wait_for()
+    assert page.locator("#eval-summary").inner_text().strip()
+    _shot(page, "app-05-evaluate-examples.png")
+
+
 def test_evaluate_shows_table_and_chart(page, tmp_path):
     from mf.data import render_clip
 
@@ -130,11 +147,11 @@ def test_evaluate_shows_table_and_chart(page, tmp_path):
     page.locator("#eval-table").get_by_text("clip1").first.wait_for()
     page.locator("#eval-plot-0 .js-plotly-plot, #eval-plot-1 .js-plotly-plot").first.wait_for()
     page.locator("#eval-downloads").get_by_text("eval-report").first.wait_for()  # stem and .ext are separate spans
-    _shot(page, "app-05-evaluate.png")
+    _shot(page, "app-06-evaluate.png")
 
 
 def test_about_names_the_method_and_how_to_cite(page):
     page.get_by_role("tab", name="About").click()
     page.get_by_text("How to cite").first.wait_for()
     assert page.get_by_text("arXiv:2604.25819").first.is_visible()
-    _shot(page, "app-06-about.png")
+    _shot(page, "app-07-about.png")

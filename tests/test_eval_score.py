@@ -14,6 +14,7 @@ import pytest
 from eval.score import Report, parse_windows, score_sets
 from mf.constants import HELDOUT_SEED_START
 from mf.media import write_mp4
+from shared_data import PESQ_PEER_HOWTO
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 PEER = os.path.join(DATA, "pesq_peer")
@@ -113,7 +114,7 @@ def test_sync_alone_needs_no_reference_and_other_metrics_do(mixed_sets):
         score_sets(gen, None, metrics=("lse",))
 
 
-@pytest.mark.skipif(not os.path.isdir(PEER), reason="../shared/data/pesq_peer is absent")
+@pytest.mark.skipif(not os.path.isdir(PEER), reason=PESQ_PEER_HOWTO)
 def test_pesq_peer_values_through_the_set_loader(tmp_path):
     (tmp_path / "g").mkdir(), (tmp_path / "r").mkdir()
     shutil.copy(os.path.join(PEER, "speech_bab_0dB.wav"), tmp_path / "g" / "speech.wav")

@@ -19,6 +19,7 @@ from mf.media import (
     write_mp4,
     write_wav,
 )
+from shared_data import REAL_AV_HOWTO
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
 
@@ -126,7 +127,7 @@ def test_resample_audio_preserves_a_tone():
 def test_variable_frame_rate_real_clip_is_resampled_to_25_fps():
     path = os.path.join(REAL, "talk1.mp4")
     if not os.path.exists(path):
-        pytest.skip("../shared/data/real_av is not present")
+        pytest.skip(REAL_AV_HOWTO)
     clip = read_av(path)
     assert clip.frames.shape[0] == pytest.approx(clip.duration * 25, abs=2)
     assert clip.source_sample_rate == 44100 and clip.source_channels == 2

@@ -9,6 +9,7 @@ import torch
 from eval.sync import estimate_sync, sync_file
 from eval.syncnet import SyncNet, SyncNetWeightsError, load_syncnet, syncnet_scores
 from mf.media import NoAudioStreamError, read_av, write_mp4
+from shared_data import REAL_AV_HOWTO
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
 
@@ -31,7 +32,7 @@ def test_corpus_clip_offset_recovered_exactly(k):
     assert r.localizer in ("haar-face", "motion-fallback", "centre-fallback")
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
 def test_real_clip_offset_moves_with_imposed_shift():
     clip = read_av(os.path.join(REAL, "talk3.mp4"))
     base = estimate_sync(clip.frames, 25, clip.audio, 16000)
@@ -113,7 +114,7 @@ def test_bar_corpus_offsets_recovered_exactly_for_95_percent_of_shifts():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
 def test_bar_real_clips_follow_imposed_shifts_and_foreign_audio_lowers_confidence():
     clips = {n: read_av(os.path.join(REAL, f"{n}.mp4")) for n in ("talk1", "talk2", "talk3")}
     for name, clip in clips.items():

@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{clip.frames.shape[0]} frames {args.size}x{args.size}, {clip.audio.size} samples, "
           f"shift {clip.shift_ms:g} ms")
     print("script: " + " ".join(f"{p.symbol}[{p.start:.2f}-{p.end:.2f}]" for p in clip.phones))
+    for path in (args.out, args.wav, args.sheet, args.spectrogram):  # e.g. outputs/ on a fresh clone
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.out:
         print("wrote", write_mp4(args.out, clip.frames, audio=clip.audio))
     if args.wav:

@@ -89,12 +89,15 @@ def build_script(seed: int, char: Character, n_frames: int, text: str | None) ->
 
 
 def render_clip(seed: int, seconds: float, *, text: str | None = None,
-                character_id: int | None = None, size: int = 64, shift_ms: float = 0.0) -> CorpusClip:
+                character_id: int | None = None, size: int = 64, shift_ms: float = 0.0,
+                phones: list[Phone] | None = None) -> CorpusClip:
     """Render one corpus clip. See the module docstring for clocks, shift and determinism.
 
     seed: >= 0; seeds >= HELDOUT_SEED_START are reserved for evaluation.
     text: None for a random babble script, else the sentence to say (cut at the clip end).
     character_id: None uses the seed as the character id (every clip its own character).
+    phones: a ready timed script on the video clock (e.g. ``mf.conditions.script_phones``, what the
+    generator was conditioned on) instead of one drawn from ``text``/``seed``; padded with silence.
     """
     seed = _check_int("seed", seed, 0, MAX_CHARACTER_ID)
     T = n_frames_for(seconds)
@@ -107,7 +110,11 @@ def render_clip(seed: int, seconds: float, *, text: str | None = None,
         raise TypeError(f"text must be a string or None, got {type(text).__name__}")
     char = character(seed if character_id is None else character_id)
 
-    phones = build_script(seed, char, T, text)
+    if phones is None:
+        phones = build_script(seed, char, T, text)
+    else:
+        span = (-SHIFT_MARGIN_S, T / FPS + SHIFT_MARGIN_S)
+        phones = pad_with_silence(clip_phones(list(phones), *span), *span)
     prosody = make_prosody(phones, _rng(seed, _PROSODY), pitch_range=char.voice.pitch_range,
                            question=is_question(text))
     n_audio = T * SAMPLES_PER_FRAME
