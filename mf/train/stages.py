@@ -61,15 +61,18 @@ class DataRecipe:
 
 # CPU presets: lr is 10-20x the paper's 5e-5 because a CPU budget allows only hundreds of steps;
 # with 5e-5 the tiny model would barely leave its initialisation (documented in the model card).
+# Long horizon (issue 12): teacher-forcing windows are one chunk longer than the model's cache window
+# (so the window limit of the attention mask is trained), stage-3 rollouts reach 3x the window, and
+# the clips are long enough for max_history + 1 chunks (tiny: 25 chunks x 4 frames = 4.0 s).
 RECIPES = {
     "micro": DataRecipe(clips=8, clip_seconds=1.0, size=64, batch_size=4, window_chunks=3, mf_batch_size=2,
-                        max_history=2, lr=1e-3, mf_lr=1e-3, warmup=0),
-    "tiny": DataRecipe(clips=384, clip_seconds=4.0, size=64, batch_size=8, window_chunks=4, mf_batch_size=8,
-                       max_history=3, lr=8e-4, mf_lr=2e-4, warmup=20),
-    "small": DataRecipe(clips=4096, clip_seconds=8.0, size=128, batch_size=32, window_chunks=8, mf_batch_size=16,
-                        max_history=6, lr=2e-4, mf_lr=5e-5, warmup=500),
-    "base": DataRecipe(clips=16384, clip_seconds=10.0, size=128, batch_size=32, window_chunks=8,
-                       mf_batch_size=16, max_history=8, lr=1e-4, mf_lr=5e-5, warmup=1000),
+                        max_history=6, lr=1e-3, mf_lr=1e-3, warmup=0),
+    "tiny": DataRecipe(clips=384, clip_seconds=4.0, size=64, batch_size=8, window_chunks=9, mf_batch_size=8,
+                       max_history=24, lr=8e-4, mf_lr=2e-4, warmup=20),
+    "small": DataRecipe(clips=4096, clip_seconds=8.0, size=128, batch_size=32, window_chunks=17, mf_batch_size=16,
+                        max_history=48, lr=2e-4, mf_lr=5e-5, warmup=500),
+    "base": DataRecipe(clips=16384, clip_seconds=16.0, size=128, batch_size=32, window_chunks=33,
+                       mf_batch_size=16, max_history=96, lr=1e-4, mf_lr=5e-5, warmup=1000),
 }
 
 
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--max-history", type=int, default=None)
+    p.add_argument("--loss-chunks", type=int, default=3, help="stage 3: loss chunks one history rollout serves")
     p.add_argument("--rollout-steps", type=int, default=4)
     p.add_argument("--dmd-cfg", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
@@ -181,7 +185,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         cfg = {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}[stage]
         from dataclasses import replace
         cfg = replace(cfg, max_history=args.max_history if args.max_history is not None else recipe.max_history,
-                      rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg)
+                      rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg, loss_chunks=args.loss_chunks)
         if cfg.w_dmd > 0:
             fake = make_fake_score(model).to(device).train()
             fake_opt = make_optimizer(fake.parameters(), lr)
@@ -191,7 +195,9 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             modules["teacher"] = teacher
         batch_size, n_chunks = args.batch_size or recipe.mf_batch_size, cfg.max_history + 1
     else:
-        batch_size, n_chunks = args.batch_size or recipe.batch_size, recipe.window_chunks
+        # teacher forcing sees at least the cache window plus the chunk it predicts
+        batch_size, n_chunks = args.batch_size or recipe.batch_size, max(recipe.window_chunks,
+                                                                         model.cfg.window_chunks + 1)
 
     step = 0
     if args.resume:
