@@ -194,7 +194,7 @@ def run(args) -> dict:
         gen, wall = generated_clips(studio, seeds, args.seconds, args.steps, windows, extractor, args.text)
         result["systems"].append({"checkpoint": ckpt, "wall_s": round(wall, 1),
                                   "windows": summarize_windows(windows, _samples(gen, real), frames_per_window=n)})
-    result["meta"]["n_frames"] = result["real_vs_real"][0]["n_frames"]
+    result["meta"]["n_frames"] = result["real_vs_real"][0]["frames_per_window"]
     for s in result["systems"][1:]:
         s["floors"] = check_floors(result["systems"][0]["windows"], s["windows"])
     return result

@@ -12,7 +12,8 @@ sets are subsampled (seeded, without replacement) to the SAME N = ``frames_per_w
 default, the smallest count any window offers. When N < 2 x the feature size the entry carries a
 ``warning`` (the distance is then dominated by the bias; compare only at equal N, read KID beside it).
 
-Per window (``summarize_windows`` output entry):
+Per window (``summarize_windows`` output entry; ``frames_per_window`` = N, ``corpus_n_frames`` = [N, N],
+``n_frames`` = the Inception sets' [N, N]):
 - ``corpus_fd``, ``corpus_kid_mean``, ``corpus_kid_std``: generated vs real, on the project's offline
   extractor (``eval.features``; "corpus-FD (not standard FID)"), N frames per side;
 - ``fid``, ``kid_mean``, ``kid_std``: the same with Inception features when the caller has them
@@ -36,7 +37,7 @@ import numpy as np
 from eval.identity import drift_ratio
 
 SYNC_TOLERANCE_MS = 40.0
-CSV_KEYS = ("window", "start", "end", "n_clips", "n_frames", "corpus_fd", "corpus_kid_mean", "corpus_kid_std",
+CSV_KEYS = ("window", "start", "end", "n_clips", "frames_per_window", "corpus_fd", "corpus_kid_mean", "corpus_kid_std",
             "fid", "kid_mean", "kid_std", "identity_gen_mean", "identity_ref_mean", "identity_ratio",
             "sync_abs_offset_ms_median", "sync_within_40ms_frac", "sync_n", "warning")
 
@@ -67,6 +68,42 @@ def window_frame_indices(window, n_frames: int, fps: float, per_window: int | No
     if per_window is not None and len(idx) > per_window:
         idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, per_window)).astype(int))]
     return idx
+
+
+def clip_window_samples(row: dict, gen, ref, windows, corpus_extractor, inception_extractor=None, *,
+                        per_window: int = 16, fps: float = 25.0) -> dict:
+    """``eval.score``'s per-clip input to ``summarize_windows``: for each window the clip reaches (at
+    least a second of it), ``per_window`` evenly spaced frames of the generated clip ``gen`` and of the
+    reference clip ``ref`` (``mf.media.AVClip``; ref may be None), their features, the identity drift
+    of both against the clip's reference frame (frame 0 of the real clip, or of the generated clip when
+    there is no real one) and the window's sync offset already in ``row`` (``sync_offset_ms@<window>``,
+    or the clip's own offset when the window covers the whole clip)."""
+    from eval.identity import feature_distances
+
+    anchor = (ref if ref is not None and ref.frames is not None else gen).frames[0]
+    anchor_feat = corpus_extractor(anchor[None])[0]
+    out = {}
+    for w in windows:
+        name = window_name(w)
+        gi = window_frame_indices(w, len(gen.frames), fps, per_window)
+        if len(window_frame_indices(w, len(gen.frames), fps)) < fps:
+            continue
+        sample = WindowSample(sync_offset_ms=float(row.get(f"sync_offset_ms@{name}", math.nan)))
+        if not math.isfinite(sample.sync_offset_ms) and w[0] <= 0 and w[1] * fps >= len(gen.frames):
+            sample.sync_offset_ms = float(row.get("sync_offset_ms", math.nan))
+        sample.gen_features = corpus_extractor(gen.frames[gi])
+        sample.gen_identity = float(feature_distances(sample.gen_features, anchor_feat).mean())
+        if inception_extractor is not None:
+            sample.gen_inception = inception_extractor(gen.frames[gi])
+        if ref is not None and ref.frames is not None:
+            ri = window_frame_indices(w, len(ref.frames), fps, per_window)
+            if len(ri):
+                sample.ref_features = corpus_extractor(ref.frames[ri])
+                sample.ref_identity = float(feature_distances(sample.ref_features, anchor_feat).mean())
+                if inception_extractor is not None:
+                    sample.ref_inception = inception_extractor(ref.frames[ri])
+        out[name] = sample
+    return out
 
 
 def _pool(samples, name: str, field: str) -> np.ndarray | None:
@@ -122,9 +159,9 @@ def summarize_windows(windows, samples: list[dict], *, frames_per_window: int | 
     for i, (w, name) in enumerate(zip(windows, names)):
         present = [s[name] for s in samples if name in s]
         entry = {"window": name, "start": float(w[0]), "end": float(w[1]), "n_clips": len(present),
-                 "n_frames": n_corpus, "corpus_fd": math.nan, "corpus_kid_mean": math.nan,
-                 "corpus_kid_std": math.nan, "corpus_feature_extractor": CORPUS_FD_LABEL,
-                 "fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan, "n_frames_inception": n_incep}
+                 "frames_per_window": n_corpus, "corpus_n_frames": [n_corpus, n_corpus], "corpus_fd": math.nan,
+                 "corpus_kid_mean": math.nan, "corpus_kid_std": math.nan, "corpus_feature_extractor": CORPUS_FD_LABEL,
+                 "fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan, "n_frames": [n_incep, n_incep]}
         notes = []
         r, note = _distances(corpus, name, n_corpus, seed, i,
                              lambda a, b: set_distances(a, b, label=CORPUS_FD_LABEL, seed=seed))
@@ -165,5 +202,6 @@ def write_windows_csv(entries: list[dict], path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
-__all__ = ["WindowSample", "window_name", "window_frame_indices", "summarize_windows", "write_windows_csv",
+__all__ = ["WindowSample", "window_name", "window_frame_indices", "clip_window_samples", "summarize_windows",
+           "write_windows_csv",
            "SYNC_TOLERANCE_MS"]

@@ -202,7 +202,7 @@ def test_window_summary_uses_equal_frame_counts_and_hand_computed_values(tmp_pat
                                    gen_identity=4.0, ref_identity=3.0, sync_offset_ms=40.0)}  # does not reach 5-10 s
     out = summarize_windows(((0, 5), (5, 10)), [clip_a, clip_b])
     first, second = out
-    assert first["n_frames"] == second["n_frames"] == 3  # the smallest window's count, used by both
+    assert first["frames_per_window"] == second["frames_per_window"] == 3  # the smallest window's count, used by both
     assert first["n_clips"] == 2 and second["n_clips"] == 1
     # the 3-frame window is used whole: its FD is the plain Fréchet distance of those sets
     assert second["corpus_fd"] == pytest.approx(frechet_distance(clip_a["5-10s"].gen_features,
@@ -220,3 +220,28 @@ def test_window_summary_uses_equal_frame_counts_and_hand_computed_values(tmp_pat
     path = write_windows_csv(out, tmp_path / "w.csv")
     lines = open(path).read().splitlines()
     assert len(lines) == 3 and lines[0].startswith("window,start,end") and lines[1].startswith("0-5s,")
+
+
+def test_eval_score_reports_equal_n_identity_and_sync_per_window_in_json_and_csv(tmp_path):
+    from eval.__main__ import main as eval_main
+    from mf.data import render_clip
+    from mf.media import write_mp4
+
+    for side, offset in (("gen", 50), ("ref", 0)):
+        (tmp_path / side).mkdir()
+        for i in range(2):
+            clip = render_clip(1_000_000_000 + offset + i, 3.0)
+            write_mp4(str(tmp_path / side / f"c{i}.mp4"), clip.frames, audio=clip.audio)
+    out = tmp_path / "s.json"
+    assert eval_main(["score", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
+                      "--metrics", "sync,fid", "--windows", "0-1.5,1.5-3", "--no-download", "--quiet",
+                      "--json", str(out), "--csv", str(tmp_path / "s.csv")]) == 0
+    import json
+    wins = json.loads(out.read_text())["summary"]["windows"]
+    assert [w["window"] for w in wins] == ["0-1.5s", "1.5-3s"]
+    assert wins[0]["frames_per_window"] == wins[1]["frames_per_window"] > 0  # equal N in every window
+    for w in wins:
+        assert w["corpus_fd"] is not None and w["identity_gen_mean"] > 0 and w["identity_ref_mean"] > 0
+        assert "sync_within_40ms_frac" in w
+    rows = open(tmp_path / "s.windows.csv").read().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("0-1.5s,")
