@@ -175,7 +175,7 @@ def run(args) -> dict:
     seeds = [HELDOUT_SEED_START + i for i in range(args.seeds)]
     floor_seeds = [HELDOUT_SEED_START + args.seeds + i for i in range(args.seeds)]
     extractor = load_extractor()
-    codecs = load_codecs(args.codecs)
+    codecs = load_codecs(args.codecs, device=args.device)
     size = codecs[0].frame_size
     t0 = time.monotonic()
     real = real_clips(seeds, args.seconds, size, windows, extractor, args.text)
@@ -190,7 +190,7 @@ def run(args) -> dict:
                        "windows": [list(w) for w in windows], "text": args.text, "command": args.command},
               "real_vs_real": summarize_windows(windows, floor_samples, frames_per_window=n), "systems": []}
     for ckpt in args.checkpoints:
-        studio = _studio(ckpt, codecs, "cpu")
+        studio = _studio(ckpt, codecs, args.device)
         gen, wall = generated_clips(studio, seeds, args.seconds, args.steps, windows, extractor, args.text)
         result["systems"].append({"checkpoint": ckpt, "wall_s": round(wall, 1),
                                   "windows": summarize_windows(windows, _samples(gen, real), frames_per_window=n)})
@@ -198,6 +198,40 @@ def run(args) -> dict:
     for s in result["systems"][1:]:
         s["floors"] = check_floors(result["systems"][0]["windows"], s["windows"])
     return result
+
+
+def position_check(model_dir: str, at_chunks=(125, 750)) -> list[dict]:
+    """Same cache content (a full window of chunks), same next chunk, placed at chunk index W (as in
+    training) and at each of ``at_chunks``: max |difference| of the predicted velocities. Rotary
+    attention sees only time differences, so this is float rounding if positions are truly relative."""
+    import torch
+
+    from mf.model import MFTransformer
+    from mf.train.flow_matching import conditions
+    from mf.train.latents import random_latents
+
+    model = MFTransformer.from_pretrained(model_dir).eval()
+    c = model.cfg
+    fc, w = c.frames_per_chunk, c.window_chunks
+    lat = random_latents(1, (w + 1) * fc, channels=c.video_channels, size=c.latent_size, n_mels=c.n_mels,
+                         attr_dim=c.attr_dim, n_phonemes=c.n_phonemes, seed=0)
+    batch = lat.sample(1, w + 1, fc, torch.Generator().manual_seed(0))
+    cond = conditions(batch)
+    outs = {}
+    with torch.no_grad():
+        for last in (w,) + tuple(at_chunks):
+            cache = model.new_cache(cond)
+            cache.next_chunk = last - w
+            for k in range(w):
+                part = batch.chunks(k, k + 1, fc)
+                model.write_cache(part.video, part.audio, cond.chunk_slice(k, 1, fc), cache)
+            x = batch.chunks(w, w + 1, fc)
+            outs[last] = model(x.video, x.audio, torch.full((1, 1), 0.5), torch.zeros(1, 1), cond.chunk_slice(w, 1, fc),
+                               kv_cache=cache)
+    ref = outs[w]
+    return [{"chunk": k, "seconds": k * fc / FPS, "max_abs_diff_video": float((o[0] - ref[0]).abs().max()),
+             "max_abs_diff_audio": float((o[1] - ref[1]).abs().max()), "max_abs_u_video": float(ref[0].abs().max()),
+             "max_abs_u_audio": float(ref[1].abs().max())} for k, o in outs.items()]
 
 
 def _clean(x):
@@ -229,9 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", default=LONG_TEXT)
     p.add_argument("--codecs", default="assets/codecs")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
+    p.add_argument("--positions-only", action="store_true",
+                   help="only check that a chunk at 20 s / 120 s meets the positions of a chunk at 1.3 s")
     args = p.parse_args(argv)
+    if args.positions_only:
+        for ckpt in args.checkpoints:
+            for r in position_check(ckpt):
+                print(f"{ckpt}: chunk {r['chunk']} ({r['seconds']:.1f} s): max |du| video {r['max_abs_diff_video']:.1e}"
+                      f" audio {r['max_abs_diff_audio']:.1e} (|u| up to {r['max_abs_u_video']:.2f} / "
+                      f"{r['max_abs_u_audio']:.2f})")
+        return 0
     args.command = "python -m eval.long_horizon " + " ".join(argv)
     try:
         result = run(args)
