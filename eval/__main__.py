@@ -55,7 +55,8 @@ def _print_report(report) -> None:
         if w.get("feature_extractor") and w["n_frames"][0]:
             parts.append(f"FID {_fmt(w['fid'], 2)}")
         if w.get("identity_gen_mean") is not None:  # eval.windows: identity drift and sync per window
-            parts.append(f"identity drift {_fmt(w['identity_gen_mean'], 2)} (real {_fmt(w.get('identity_ref_mean'), 2)})"
+            parts.append(f"identity drift {_fmt(w['identity_gen_mean'], 2)} "
+                         f"(real {_fmt(w.get('identity_ref_mean'), 2)})"
                          f", |sync| median {_fmt(w.get('sync_abs_offset_ms_median'))} ms, "
                          f"within 40 ms {_fmt(w.get('sync_within_40ms_frac'), 2)}")
         print("  " + ", ".join(parts))

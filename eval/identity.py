@@ -56,4 +56,4 @@ def drift_ratio(generated: float, real: float) -> float:
     return float(generated / real)
 
 
-__all__ = ["feature_distances", "identity_drift", "drift_ratio"]
+__all__ = ["drift_ratio", "feature_distances", "identity_drift"]

@@ -32,7 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.windows import WindowSample, summarize_windows, window_frame_indices, window_name
+from eval.windows import (
+    WindowSample,
+    summarize_windows,
+    window_frame_indices,
+    window_name,
+)
 from mf.constants import FPS, HELDOUT_SEED_START, SAMPLE_RATE
 
 LONG_TEXT = ("Every morning the little lighthouse keeper climbs the winding stairs, polishes the great brass lamp, "
@@ -140,11 +145,12 @@ def _f(x, fmt=".2f") -> str:
 
 def markdown(result: dict) -> str:
     m = result["meta"]
-    lines = [f"Held-out corpus seeds {m['seeds'][0]}..{m['seeds'][-1]} ({len(m['seeds'])} clips x {m['seconds']:g} s, "
-             f"one long text, {m['steps']} steps); N = {m['n_frames']} frames per window and side; command: "
-             f"`{m['command']}`", "",
-             "| system | window | corpus-FD | KID | identity drift gen / real (ratio) | sync median \\|offset\\| (ms) "
-             "| within 40 ms |", "|---|---|---:|---:|---|---:|---:|"]
+    head = (f"Held-out corpus seeds {m['seeds'][0]}..{m['seeds'][-1]} ({len(m['seeds'])} clips x {m['seconds']:g} s, "
+            f"one long text, {m['steps']} steps); N = {m['n_frames']} frames per window and side; command: "
+            f"`{m['command']}`")
+    columns = ("| system | window | corpus-FD | KID | identity drift gen / real (ratio) "
+               "| sync median \\|offset\\| (ms) | within 40 ms |")
+    lines = [head, "", columns, "|---|---|---:|---:|---|---:|---:|"]
     for sysname, entries in [("real vs real (other seeds)", result["real_vs_real"])] + \
             [(s["checkpoint"], s["windows"]) for s in result["systems"]]:
         for e in entries:
@@ -153,14 +159,15 @@ def markdown(result: dict) -> str:
                          f"{_f(e['sync_abs_offset_ms_median'], '.0f')} | {_f(e['sync_within_40ms_frac'], '.2f')} |")
     for s in result["systems"][1:]:
         f = s["floors"]
-        lines += ["", f"Floors for `{s['checkpoint']}` against `{result['systems'][0]['checkpoint']}`: "
-                      f"FD ratio per window {', '.join(_f(r) for r in f['fd_vs_baseline']['ratios'])} "
+        lines += ["", (f"Floors for `{s['checkpoint']}` against `{result['systems'][0]['checkpoint']}`: "
+                       f"FD ratio per window {', '.join(_f(r) for r in f['fd_vs_baseline']['ratios'])} "
                       f"(<= {FD_RATIO_FLOOR}: {'met' if f['fd_vs_baseline']['met'] else 'NOT met'}); "
                       f"FD last/first {_f(f['fd_last_over_first']['ratio'])} (<= {DRIFT_FLOOR}: "
                       f"{'met' if f['fd_last_over_first']['met'] else 'NOT met'}); identity ratio at the last window "
-                      f"{_f(f['identity_ratio_last']['ratio'])} ({'met' if f['identity_ratio_last']['met'] else 'NOT met'});"
+                      f"{_f(f['identity_ratio_last']['ratio'])} "
+                      f"({'met' if f['identity_ratio_last']['met'] else 'NOT met'});"
                       f" sync medians {', '.join(_f(v, '.0f') for v in f['sync_median_ms']['values'])} ms "
-                      f"({'met' if f['sync_median_ms']['met'] else 'NOT met'})."]
+                      f"({'met' if f['sync_median_ms']['met'] else 'NOT met'}).")]
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +261,8 @@ def _windows(text: str):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m eval.long_horizon", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoints", nargs="+", default=["assets/model"], help="model folders; the first is the baseline")
+    p.add_argument("--checkpoints", nargs="+", default=["assets/model"],
+                   help="model folders; the first is the baseline")
     p.add_argument("--seeds", type=int, default=16, help="held-out seeds (from HELDOUT_SEED_START)")
     p.add_argument("--seconds", type=float, default=25.0)
     p.add_argument("--steps", type=int, default=4)

@@ -62,8 +62,8 @@ def window_name(window) -> str:
 def window_frame_indices(window, n_frames: int, fps: float, per_window: int | None = None) -> np.ndarray:
     """Frame indices of a clip of ``n_frames`` that lie in ``[start, end)`` seconds (frame i at i / fps);
     ``per_window`` evenly spaced ones among them when given (all of them otherwise)."""
-    first = int(math.ceil(window[0] * fps - 1e-9))
-    stop = min(n_frames, int(math.ceil(window[1] * fps - 1e-9)))
+    first = math.ceil(window[0] * fps - 1e-9)
+    stop = min(n_frames, math.ceil(window[1] * fps - 1e-9))
     idx = np.arange(first, max(first, stop))
     if per_window is not None and len(idx) > per_window:
         idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, per_window)).astype(int))]
@@ -202,6 +202,12 @@ def write_windows_csv(entries: list[dict], path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
-__all__ = ["WindowSample", "window_name", "window_frame_indices", "clip_window_samples", "summarize_windows",
-           "write_windows_csv",
-           "SYNC_TOLERANCE_MS"]
+__all__ = [
+    "SYNC_TOLERANCE_MS",
+    "WindowSample",
+    "clip_window_samples",
+    "summarize_windows",
+    "window_frame_indices",
+    "window_name",
+    "write_windows_csv",
+]

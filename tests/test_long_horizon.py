@@ -19,7 +19,12 @@ torch.set_num_threads(1)
 
 from eval.frechet import frechet_distance
 from eval.identity import drift_ratio, feature_distances, identity_drift
-from eval.windows import WindowSample, summarize_windows, window_frame_indices, write_windows_csv
+from eval.windows import (
+    WindowSample,
+    summarize_windows,
+    window_frame_indices,
+    write_windows_csv,
+)
 from mf.configs import get_preset
 from mf.model import MFTransformer
 from mf.pipeline import build_conditions, chunk_seed, generate, load_studio
@@ -178,7 +183,8 @@ def test_identity_drift_is_the_feature_distance_to_the_reference_frame():
 
     ref = np.zeros((4, 4, 3), np.uint8)
     frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 3, 10)])
-    np.testing.assert_allclose(identity_drift(frames, ref, extractor=mean_colour), [0.0, 3 * math.sqrt(3), 10 * math.sqrt(3)])
+    np.testing.assert_allclose(identity_drift(frames, ref, extractor=mean_colour),
+                               [0.0, 3 * math.sqrt(3), 10 * math.sqrt(3)])
     assert drift_ratio(6.0, 4.0) == 1.5 and math.isnan(drift_ratio(1.0, 0.0)) and math.isnan(drift_ratio(math.nan, 1.0))
     with pytest.raises(ValueError):
         feature_distances(np.zeros((2, 3)), np.zeros(2))
@@ -218,7 +224,8 @@ def test_window_summary_uses_equal_frame_counts_and_hand_computed_values(tmp_pat
     strict = summarize_windows(((0, 5), (5, 10)), [clip_a, clip_b], frames_per_window=6)
     assert math.isnan(strict[1]["corpus_fd"]) and "fewer than the N = 6" in strict[1]["warning"]
     path = write_windows_csv(out, tmp_path / "w.csv")
-    lines = open(path).read().splitlines()
+    with open(path) as fh:
+        lines = fh.read().splitlines()
     assert len(lines) == 3 and lines[0].startswith("window,start,end") and lines[1].startswith("0-5s,")
 
 
@@ -243,5 +250,21 @@ def test_eval_score_reports_equal_n_identity_and_sync_per_window_in_json_and_csv
     for w in wins:
         assert w["corpus_fd"] is not None and w["identity_gen_mean"] > 0 and w["identity_ref_mean"] > 0
         assert "sync_within_40ms_frac" in w
-    rows = open(tmp_path / "s.windows.csv").read().splitlines()
+    rows = (tmp_path / "s.windows.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("0-1.5s,")
+
+
+def test_long_horizon_floors_are_checked_against_the_baseline_measured_in_the_same_run():
+    from eval.long_horizon import check_floors
+
+    def entries(fds, ident, syncs):
+        return [{"corpus_fd": f, "identity_ratio": ident, "sync_abs_offset_ms_median": s} for f, s in zip(fds, syncs)]
+    base = entries([10.0, 10.0, 10.0], 1.5, [0.0, 0.0, 40.0])
+    good = check_floors(base, entries([7.0, 7.5, 7.6], 1.1, [0.0, 40.0, 0.0]))
+    assert good["all_met"] and good["fd_vs_baseline"]["ratios"] == pytest.approx([0.7, 0.75, 0.76])
+    drift = check_floors(base, entries([7.0, 7.5, 8.0], 1.1, [0.0, 0.0, 0.0]))  # 8 / 7 = 1.14 > 1.1
+    assert drift["fd_vs_baseline"]["met"] and not drift["fd_last_over_first"]["met"] and not drift["all_met"]
+    frozen = check_floors(base, entries([7.0, 7.0, 7.0], 0.5, [0.0, 0.0, 0.0]))  # far less drift than real: refused
+    assert not frozen["identity_ratio_last"]["met"]
+    late_sync = check_floors(base, entries([7.0, 7.0, 7.0], 1.0, [0.0, 0.0, 80.0]))
+    assert not late_sync["sync_median_ms"]["met"]

@@ -155,7 +155,7 @@ def stream_history(model, batch: LatentBatch, cond_full, depths: list[int], gen:
     cache = model.new_cache(cond_full)
     extra_caches = [m.new_cache(cond_full) for m in extra_models]
     pending, chunks = None, []
-    targets = sorted(set(int(h) for h in depths))
+    targets = sorted({int(h) for h in depths})
     for k in range(targets[-1] + 1):
         if k in targets:
             flush_pending(model, cache, pending)
@@ -306,5 +306,6 @@ def chunk_losses(model, batch: LatentBatch, cond_full, h: int, cache, gen: torch
 
 
 __all__ = ["MutualForcingConfig", "MUTUAL", "BASELINE_C", "BASELINE_E", "build_history", "stream_history",
-           "draw_horizon", "loss_depths", "chunk_losses", "few_step_sample_with_last_grad", "make_fake_score", "make_frozen_teacher",
+           "draw_horizon", "loss_depths", "chunk_losses", "few_step_sample_with_last_grad", "make_fake_score",
+           "make_frozen_teacher",
            "mutual_forcing_losses", "MELS_PER_FRAME"]
