@@ -10,7 +10,8 @@ Stages (each initialised from the EMA weights of the stage it follows):
   baseline_c  ShortCut with teacher forcing (real history, no DMD)            (<- joint)
   baseline_e  Self-Forcing-style DMD over self-rollouts, frozen stage-2 teacher (<- joint)
 
-Every stage writes runs/<stage>/: losses.csv, losses.png, losses.html, checkpoint.pt (resume),
+Every stage writes runs/<stage>/: losses.csv, losses.png, losses.html, checkpoint.pt (resume; ema/ is
+refreshed with it, so a long run can be evaluated while it goes on),
 ema/ and model/ (save_pretrained) and summary.json, and stops on `--steps` or `--minutes`,
 whichever comes first. `--resume` continues from checkpoint.pt on the same curve.
 
@@ -23,6 +24,7 @@ the model is not wrapped in DDP because the objectives call several of its metho
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -252,6 +254,10 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             if step % args.ckpt_every == 0:
                 save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
                 log.plot(f"{stage} ({args.preset})")
+                # the EMA weights so far, loadable while a long run goes on (written aside, then swapped in)
+                ema.shadow.save_pretrained(str(run_dir / "ema.tmp"), safe_serialization=True)
+                write_json(run_dir / "ema.tmp" / "training.json", {"stage": stage, "steps": step})
+                _swap_dir(run_dir / "ema.tmp", run_dir / "ema")
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
                "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
                "device": str(device), "processes": world}
@@ -270,6 +276,18 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         _log(f"{stage}: done, {step} steps in {summary['wall_s']} s; EMA weights in {run_dir / 'ema'}")
     accelerator.wait_for_everyone()
     return summary
+
+
+def _swap_dir(src: Path, dst: Path) -> None:
+    """Replace folder dst by src (a reader sees the old or the new weights, never half of each)."""
+    import shutil
+
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_weights(model, out: Path, summary: dict) -> None:
