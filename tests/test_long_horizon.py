@@ -268,3 +268,20 @@ def test_long_horizon_floors_are_checked_against_the_baseline_measured_in_the_sa
     assert not frozen["identity_ratio_last"]["met"]
     late_sync = check_floors(base, entries([7.0, 7.0, 7.0], 1.0, [0.0, 0.0, 80.0]))
     assert not late_sync["sync_median_ms"]["met"]
+
+
+@pytest.mark.slow
+def test_long_horizon_command_writes_a_table_and_json_for_two_checkpoints(tmp_path):
+    import json
+
+    from eval.long_horizon import main
+
+    out = tmp_path / "lh.json"
+    assert main(["--checkpoints", "assets/model", "assets/model", "--seeds", "2", "--seconds", "3",
+                 "--windows", "0-1.5,1.5-3", "--json", str(out), "--markdown", str(tmp_path / "lh.md")]) == 0
+    result = json.loads(out.read_text())
+    first, second = (s["windows"] for s in result["systems"])
+    assert [w["corpus_fd"] for w in first] == [w["corpus_fd"] for w in second]  # same seeds, same output
+    assert result["systems"][1]["floors"]["fd_vs_baseline"]["ratios"] == [1.0, 1.0]
+    assert not result["systems"][1]["floors"]["fd_vs_baseline"]["met"]  # equal is not 20% better
+    assert "| real vs real (other seeds) | 0-1.5s |" in (tmp_path / "lh.md").read_text()
