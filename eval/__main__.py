@@ -55,6 +55,11 @@ def _print_report(report) -> None:
             parts.append(f"corpus-FD {_fmt(w['corpus_fd'], 2)} ({w['corpus_n_frames'][0]}/{w['corpus_n_frames'][1]} frames)")
         if w.get("feature_extractor") and w["n_frames"][0]:
             parts.append(f"FID {_fmt(w['fid'], 2)}")
+        if w.get("identity_gen_mean") is not None:  # eval.windows: identity drift and sync per window
+            parts.append(f"identity drift {_fmt(w['identity_gen_mean'], 2)} "
+                         f"(real {_fmt(w.get('identity_ref_mean'), 2)})"
+                         f", |sync| median {_fmt(w.get('sync_abs_offset_ms_median'))} ms, "
+                         f"within 40 ms {_fmt(w.get('sync_within_40ms_frac'), 2)}")
         print("  " + ", ".join(parts))
 
 
@@ -75,6 +80,10 @@ def _cmd_score(args) -> int:
         report.to_json(args.json)
     if args.csv:
         report.to_csv(args.csv)
+        if report.summary.get("windows"):  # one row per window beside the per-clip CSV (eval.windows)
+            from eval.windows import write_windows_csv
+            stem = args.csv[:-4] if args.csv.lower().endswith(".csv") else args.csv
+            write_windows_csv(report.summary["windows"], stem + ".windows.csv")
     _print_report(report)
     return 0 if report.summary["n_clips"] > 0 else 1
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from eval.audio_metrics import SILENCE_PEAK, pesq_pair, stoi_pair
 from eval.sets import ClipSet, ErrorRow, load_set, pair_sets
+from eval.windows import clip_window_samples, summarize_windows
 from mf.constants import FPS, SAMPLE_RATE
 from mf.media import MediaError, read_av
 
@@ -306,7 +307,7 @@ def _score(gen_set, ref_set, metrics, windows, progress, inception_weights, allo
     k = frames_per_clip or min(MAX_FRAMES_PER_CLIP, max(2, FRAME_BUDGET_PER_SET // max(1, len(pairs))))
     feats = {(ex, side): _FrameFeatures() for ex in ("inception", "corpus") for side in ("gen", "ref")}
     prog = _Progress(progress, len(pairs))
-    rows = []
+    rows, window_samples = [], []
     for pair in pairs:
         g = pair.generated
         row = _nan_row(pair.name, g.display)
@@ -333,6 +334,9 @@ def _score(gen_set, ref_set, metrics, windows, progress, inception_weights, allo
                     if ex is not None:
                         with _timed(timings, f"features_{name}"):
                             feats[(name, side)].add(ex(clip.frames[idx]), times)
+            if windows and video_metrics and corp is not None and gen.frames is not None:  # eval.windows (issue 12)
+                with _timed(timings, "windows"):
+                    window_samples.append(clip_window_samples(row, gen, ref, windows, corp, inc, per_window=k))
         except Exception as exc:  # one bad clip must not stop the set; the row says what happened
             row["error"] = f"{g.display}: scoring failed ({exc.__class__.__name__}: {exc})"
         row["note"] = "; ".join(n for n in notes if n)
@@ -369,6 +373,9 @@ def _score(gen_set, ref_set, metrics, windows, progress, inception_weights, allo
                 entry.update(_set_metrics(feats, w, inc, inc_note, corp, corp_note, seed,
                                           set_distances, torchmetrics_fid_kid, INCEPTION_LABEL, CORPUS_FD_LABEL))
         summary["windows"].append(entry)
+    if window_samples:  # equal-N corpus-FD / FID, identity drift, sync per window (eval.windows)
+        for entry, equal_n in zip(summary["windows"], summarize_windows(windows, window_samples, seed=seed)):
+            entry.update(equal_n)
     timings["set_distances"] = time.perf_counter() - t_set
     timings["total"] = time.perf_counter() - t_start
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}

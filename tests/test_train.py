@@ -39,6 +39,7 @@ from mf.train.shortcut import shortcut_distillation_loss, shortcut_model_loss
 
 CFG = get_preset("micro")
 FC = CFG.frames_per_chunk
+ONE_LOSS_CHUNK = MutualForcingConfig(loss_chunks=1)  # one loss chunk per rollout: the plain objective
 
 
 def micro_model(seed: int = 0) -> MFTransformer:
@@ -114,7 +115,7 @@ def test_mutual_forcing_generator_and_fake_losses_decrease():
     gen_hist, fake_hist = [], []
     for i in range(16):
         loss, fake_loss, logs = mutual_forcing_losses(model, batch, torch.Generator().manual_seed(5), fc=FC,
-                                                      fake=fake, history=2)
+                                                      cfg=ONE_LOSS_CHUNK, fake=fake, history=2)
         assert torch.isfinite(loss) and torch.isfinite(fake_loss)
         assert {"fm", "shortcut", "dmd", "fake_score"} <= set(logs)
         if i < 8:  # phase 1: the generator learns (its samples move, so the fake score chases them)

@@ -2,12 +2,16 @@
 
 One network, two modes: d = 0 is the multi-step flow (sampled with many small steps, optionally
 with CFG); d > 0 is the few-step shortcut mode (4 or 8 jumps per chunk). One training iteration,
-for a batch of real windows of `history + 1` chunks:
+for a batch of real windows of `max_history + 1` chunks:
 
- (a) ROLLOUT. The few-step mode generates the first `h` chunks autoregressively WITHOUT gradient,
-     through the inference code path: the sampler's chunk loop and a t = 0 pass that writes each
-     finished chunk into the KV cache (`mf.sampler.rollout`, used verbatim by the pipeline).
- (b) FLOW MATCHING on the REAL chunk h given that generated history (multi-step mode, d = 0,
+ (a) ROLLOUT (``stream_history``). The few-step mode generates H chunks autoregressively WITHOUT
+     gradient through the streaming cache of ``mf.pipeline.generate``: ``model.new_cache`` (the
+     ``mf.kv_cache.KVCache`` of ``window_chunks`` = 8 chunks plus the never-evicted reference-frame
+     sink; the oldest chunk is evicted on write) and ``mf.sampler.sample_chunk`` with the cache write
+     fused into the next chunk's first pass, as ``generate()`` does. So every cache state that
+     streaming meets (filling, full, evicting for ever) is a training state. (Tested: the rollout's
+     chunks equal ``generate()``'s for the same noise, past the window.)
+ (b) FLOW MATCHING on each LOSS chunk h (the REAL chunk h) given that generated history (multi-step mode, d = 0,
      with text dropout so CFG keeps working): the model keeps learning from real data while
      conditioned on the context it will see at inference.
  (c) SELF-DISTILLATION multi-step -> few-step, both with the multi-step mode under stop-gradient:
@@ -21,12 +25,24 @@ for a batch of real windows of `history + 1` chunks:
 
 Choices the paper leaves open, and ours (also in assets/MODEL_CARD.md):
 - Chunk length: 4 video frames (160 ms) = 16 mel frames (the `tiny` preset; mf.configs).
-- History length: h ~ U{0 .. max_history} per iteration (same h for the batch so the cache is
-  one tensor). Flexible lengths are the point of the method; h = 0 keeps the first chunk (no
-  history, only the reference-frame prefix) trained as often as any other.
+- History length (long horizon): the rollout horizon H ~ U{0 .. max_history} per iteration, with
+  max_history = 24 = 3x the cache window for the tiny recipe (same H for the batch so the cache is
+  one tensor). Flexible lengths are the point of the method; H = 0 keeps the first chunk (no
+  history, only the reference-frame prefix) trained.
+- One rollout serves several loss chunks (``loss_depths``): the chunk at depth H plus up to
+  ``loss_chunks - 1`` = 2 distinct earlier depths drawn from 0..H-1; at each the losses (b)-(c)
+  read the cache as it is at that point of the stream, and the rollout then goes on. Why: the
+  rollout is the cost that grows with the horizon (5 chunk passes per history chunk, under
+  no_grad), the losses cost the same at any depth; so one rollout of H chunks trains up to 3 cache
+  states for one rollout's price (on average H = 12, so ~60 no-grad chunk passes buy 3 loss chunks
+  instead of 1), and the depths within one batch are spread over filling and evicting states. The
+  losses are averaged over the depths (memory grows with loss_chunks, never with H). The other
+  choices were dearer or biased: a fresh rollout per loss chunk triples the dominant cost;
+  teacher-forced long windows would not train the generated history; a rollout of fixed length
+  24 always costs the maximum.
 - History rollout carries no gradient (as the brief reads the paper), and the KV cache is written
-  under no_grad: gradients only reach the current chunk's forward passes. This keeps memory flat
-  in h and is what makes flexible lengths cheap.
+  under no_grad: gradients only reach the loss chunks' forward passes. This keeps memory flat
+  in H and is what makes long horizons affordable.
 - Reference-frame prefix in stage 3: computed under no_grad together with the cache (it is part of
   the context, like the history); the prefix pathway keeps training in stages 1-2, where teacher
   forcing computes it with gradient.
@@ -62,8 +78,17 @@ import torch
 
 from mf.constants import MELS_PER_FRAME
 from mf.train.dmd import cfg_combine, dmd_generator_loss, fake_score_loss
-from mf.train.flow_matching import (Pair, cached, conditions, drop_text, pair_mse, randn_pair,
-                                    sample_t, noised_pair, TEXT_DROP_P)
+from mf.train.flow_matching import (
+    TEXT_DROP_P,
+    Pair,
+    cached,
+    conditions,
+    drop_text,
+    noised_pair,
+    pair_mse,
+    randn_pair,
+    sample_t,
+)
 from mf.train.latents import LatentBatch
 from mf.train.shortcut import shortcut_distillation_loss
 
@@ -71,7 +96,8 @@ from mf.train.shortcut import shortcut_distillation_loss
 @dataclass(frozen=True)
 class MutualForcingConfig:
     history: str = "generated"        # "generated" (Mutual Forcing, E) or "real" (baseline C)
-    max_history: int = 3              # h ~ U{0..max_history} chunks of history per iteration
+    max_history: int = 24             # rollout horizon H ~ U{0..max_history} chunks per iteration
+    loss_chunks: int = 3              # loss chunks one rollout serves (H and up to loss_chunks - 1 earlier)
     rollout_steps: int = 4            # few-step sampler steps for the history rollout
     dmd_steps: int = 4                # few-step jumps of the DMD sample
     w_fm: float = 1.0
@@ -85,8 +111,8 @@ class MutualForcingConfig:
     def __post_init__(self):
         if self.history not in ("generated", "real"):
             raise ValueError(f"history must be 'generated' or 'real', got {self.history!r}")
-        if self.max_history < 0 or self.rollout_steps < 1 or self.dmd_steps < 1:
-            raise ValueError("max_history >= 0, rollout_steps >= 1 and dmd_steps >= 1 are required")
+        if self.max_history < 0 or self.rollout_steps < 1 or self.dmd_steps < 1 or self.loss_chunks < 1:
+            raise ValueError("max_history >= 0, rollout_steps >= 1, dmd_steps >= 1 and loss_chunks >= 1 are required")
 
 
 MUTUAL = MutualForcingConfig()
@@ -94,31 +120,64 @@ BASELINE_C = MutualForcingConfig(history="real", w_dmd=0.0)
 BASELINE_E = MutualForcingConfig(w_fm=0.0, w_shortcut=0.0, w_dmd=1.0)
 
 
-# ----------------------------------------------------------------------------- KV-cache history
+# ----------------------------------------------------------------------------- streaming history
 
 def _chunk_pair(batch: LatentBatch, k: int, fc: int) -> Pair:
     part = batch.chunks(k, k + 1, fc)
     return Pair(part.video, part.audio)
 
 
+def draw_horizon(max_history: int, n_chunks: int, gen: torch.Generator) -> int:
+    """H ~ U{0 .. min(max_history, n_chunks - 1)}: the history length of one iteration's rollout."""
+    return int(torch.randint(0, min(max_history, n_chunks - 1) + 1, (1,), generator=gen))
+
+
+def loss_depths(horizon: int, n_loss: int, gen: torch.Generator) -> list[int]:
+    """The chunk indices one rollout of ``horizon`` history chunks trains: the horizon itself plus
+    ``min(n_loss - 1, horizon)`` distinct depths drawn uniformly from 0 .. horizon - 1, ascending."""
+    if horizon < 0 or n_loss < 1:
+        raise ValueError(f"horizon >= 0 and n_loss >= 1 are required, got {horizon}, {n_loss}")
+    extra = min(n_loss - 1, horizon)
+    earlier = torch.randperm(horizon, generator=gen)[:extra].tolist() if extra else []
+    return sorted(earlier) + [horizon]
+
+
 @torch.no_grad()
-def build_history(model, batch: LatentBatch, cond_full, h: int, gen: torch.Generator, *, fc: int,
-                  mode: str, steps: int, extra_models=()) -> tuple[object, list[object], list[Pair]]:
-    """(a) The first h chunks as history: rolled out by the few-step sampler ("generated"), or the
-    real chunks ("real"). Returns the model's KV cache, one cache per extra model (the fake
-    score / frozen teacher, written from the SAME history chunks), and the history chunks."""
-    from mf.sampler import make_schedule, sample_chunk
+def stream_history(model, batch: LatentBatch, cond_full, depths: list[int], gen: torch.Generator, *, fc: int,
+                   mode: str, steps: int, extra_models=(), noise_fn=None):
+    """(a) Stream the history through the inference cache; yield ``(h, cache, extra_caches, chunks)`` at
+    each depth h of ``depths`` (ascending): the cache then holds what ``generate()`` holds before chunk h,
+    ``chunks`` the h history chunks (a list that grows as the stream goes on).
+
+    The cache is the pipeline's: ``model.new_cache`` (a ``KVCache`` of ``cfg.window_chunks`` chunks plus
+    the never-evicted reference prefix; eviction in ``KVCache.append``), filled by ``sample_chunk`` with
+    the write of chunk k fused into chunk k+1's first pass (``write="defer"``, exactly ``generate()``'s
+    default) and flushed (``flush_pending``) where a loss reads the cache. "real" mode writes the real
+    chunks instead (baseline C). Extra models (fake score, frozen teacher) get their own caches written
+    from the same chunks. Everything runs under no_grad, so memory is flat in the horizon; the caller's
+    code between yields runs with its own grad mode. The chunks after the last depth are not generated.
+    ``noise_fn(k) -> Pair`` replaces the loop generator's noise of chunk k (e.g. generate()'s seeding).
+    """
+    from mf.sampler import flush_pending, make_schedule, sample_chunk
 
     schedule = make_schedule(steps, mode="few")
     cache = model.new_cache(cond_full)
     extra_caches = [m.new_cache(cond_full) for m in extra_models]
-    chunks: list[Pair] = []
-    for k in range(h):
+    pending, chunks = None, []
+    targets = sorted({int(h) for h in depths})
+    for k in range(targets[-1] + 1):
+        if k in targets:
+            flush_pending(model, cache, pending)
+            pending = None
+            yield k, cache, extra_caches, chunks
+            if k == targets[-1]:
+                return
         cond_k = cond_full.chunk_slice(k, 1, fc)
         if mode == "generated":
-            like = _chunk_pair(batch, k, fc)
-            noise = randn_pair(like, gen)
-            out = sample_chunk(model, cache, cond_k, noise.video, noise.audio, schedule, write="now")
+            noise = noise_fn(k) if noise_fn is not None else randn_pair(_chunk_pair(batch, k, fc), gen)
+            out = sample_chunk(model, cache, cond_k, noise.video, noise.audio, schedule, pending=pending,
+                               write="defer")
+            pending = out.pending
             x = Pair(out.video, out.audio)
         else:
             x = _chunk_pair(batch, k, fc)
@@ -126,7 +185,15 @@ def build_history(model, batch: LatentBatch, cond_full, h: int, gen: torch.Gener
         for m, c in zip(extra_models, extra_caches):
             m.write_cache(x.video, x.audio, cond_k, c)
         chunks.append(x)
-    return cache, extra_caches, chunks
+
+
+def build_history(model, batch: LatentBatch, cond_full, h: int, gen: torch.Generator, *, fc: int,
+                  mode: str, steps: int, extra_models=()) -> tuple[object, list[object], list[Pair]]:
+    """The first h chunks as history (``stream_history`` up to depth h). Returns the model's KV cache,
+    one cache per extra model, and the history chunks (those generated, or the real ones)."""
+    for _, cache, extra_caches, chunks in stream_history(model, batch, cond_full, [h], gen, fc=fc, mode=mode,
+                                                         steps=steps, extra_models=extra_models):
+        return cache, extra_caches, list(chunks)
 
 
 def few_step_sample_with_last_grad(model, cond, cache, gen: torch.Generator, *, like: Pair, fc: int,
@@ -157,24 +224,43 @@ def make_frozen_teacher(model):
 def mutual_forcing_losses(model, batch: LatentBatch, gen: torch.Generator, *, fc: int,
                           cfg: MutualForcingConfig = MUTUAL, fake=None, teacher=None,
                           history: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """One iteration's losses. `batch` holds >= max_history + 1 chunks; returns
-    (generator loss, fake-score loss or None, logs). The caller steps the optimisers."""
-    B = batch.batch_size
+    """One iteration's losses: ONE rollout of H ~ U{0..max_history} history chunks (``history`` fixes H)
+    serves the loss chunks at ``loss_depths(H, cfg.loss_chunks)``; the losses are averaged over them.
+    `batch` holds >= H + 1 chunks; returns (generator loss, fake-score loss or None, logs). The caller
+    steps the optimisers."""
     n_avail = batch.n_chunks(fc)
-    h = history if history is not None else int(torch.randint(0, min(cfg.max_history, n_avail - 1) + 1, (1,),
-                                                              generator=gen))
-    if h + 1 > n_avail:
-        raise ValueError(f"history {h} needs {h + 1} chunks, batch has {n_avail}")
-    device = batch.video.device
+    horizon = history if history is not None else draw_horizon(cfg.max_history, n_avail, gen)
+    if horizon + 1 > n_avail:
+        raise ValueError(f"history {horizon} needs {horizon + 1} chunks, batch has {n_avail}")
+    depths = loss_depths(horizon, cfg.loss_chunks, gen)
     cond_full = conditions(batch)
     extra = [m for m in (fake, teacher) if m is not None]
-    cache, extra_caches, _ = build_history(model, batch, cond_full, h, gen, fc=fc, mode=cfg.history,
-                                           steps=cfg.rollout_steps, extra_models=extra)
-    fake_cache = extra_caches[0] if fake is not None else None
-    teacher_cache = extra_caches[-1] if teacher is not None else None
+    total, fake_total, sums = 0.0, None, {}
+    for h, cache, extra_caches, _ in stream_history(model, batch, cond_full, depths, gen, fc=fc, mode=cfg.history,
+                                                    steps=cfg.rollout_steps, extra_models=extra):
+        fake_cache = extra_caches[0] if fake is not None else None
+        teacher_cache = extra_caches[-1] if teacher is not None else None
+        loss, fake_loss, logs = chunk_losses(model, batch, cond_full, h, cache, gen, fc=fc, cfg=cfg, fake=fake,
+                                             fake_cache=fake_cache, teacher=teacher, teacher_cache=teacher_cache)
+        total = total + loss / len(depths)
+        if fake_loss is not None:
+            fake_total = fake_loss / len(depths) + (0.0 if fake_total is None else fake_total)
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v / len(depths)
+    sums.update(history=float(horizon), loss_chunks=float(len(depths)), beyond_window=float(
+        sum(h > model.model_config.window_chunks for h in depths)))
+    return total, fake_total, sums
+
+
+def chunk_losses(model, batch: LatentBatch, cond_full, h: int, cache, gen: torch.Generator, *, fc: int,
+                 cfg: MutualForcingConfig, fake=None, fake_cache=None, teacher=None,
+                 teacher_cache=None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """(b) + (c) on the REAL chunk h, given the cache of its history."""
+    B = batch.batch_size
+    device = batch.video.device
     cond = cond_full.chunk_slice(h, 1, fc)
     x0 = _chunk_pair(batch, h, fc)
-    logs: dict = {"history": h}
+    logs: dict = {}
     total = torch.zeros((), device=device)
 
     if cfg.w_fm > 0:  # (b) flow matching on the real next chunk, given the history
@@ -221,6 +307,7 @@ def mutual_forcing_losses(model, batch: LatentBatch, gen: torch.Generator, *, fc
     return total, fake_loss, logs
 
 
-__all__ = ["MutualForcingConfig", "MUTUAL", "BASELINE_C", "BASELINE_E", "build_history",
-           "few_step_sample_with_last_grad", "make_fake_score", "make_frozen_teacher",
+__all__ = ["MutualForcingConfig", "MUTUAL", "BASELINE_C", "BASELINE_E", "build_history", "stream_history",
+           "draw_horizon", "loss_depths", "chunk_losses", "few_step_sample_with_last_grad", "make_fake_score",
+           "make_frozen_teacher",
            "mutual_forcing_losses", "MELS_PER_FRAME"]

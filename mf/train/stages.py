@@ -10,7 +10,8 @@ Stages (each initialised from the EMA weights of the stage it follows):
   baseline_c  ShortCut with teacher forcing (real history, no DMD)            (<- joint)
   baseline_e  Self-Forcing-style DMD over self-rollouts, frozen stage-2 teacher (<- joint)
 
-Every stage writes runs/<stage>/: losses.csv, losses.png, losses.html, checkpoint.pt (resume),
+Every stage writes runs/<stage>/: losses.csv, losses.png, losses.html, checkpoint.pt (resume; ema/ is
+refreshed with it, so a long run can be evaluated while it goes on),
 ema/ and model/ (save_pretrained) and summary.json, and stops on `--steps` or `--minutes`,
 whichever comes first. `--resume` continues from checkpoint.pt on the same curve.
 
@@ -23,6 +24,7 @@ the model is not wrapped in DDP because the objectives call several of its metho
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,8 +32,19 @@ from pathlib import Path
 
 import torch
 
-from mf.train.common import (EMA, GRAD_CLIP, Budget, LossLog, TrainingError, load_checkpoint,
-                             make_accelerator, make_optimizer, save_checkpoint, seed_everything, write_json)
+from mf.train.common import (
+    EMA,
+    GRAD_CLIP,
+    Budget,
+    LossLog,
+    TrainingError,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    save_checkpoint,
+    seed_everything,
+    write_json,
+)
 from mf.train.latents import LatentDataError, LatentSet
 
 TRAIN_STAGES = ("unimodal", "joint", "mutual", "baseline_c", "baseline_e")
@@ -61,15 +74,18 @@ class DataRecipe:
 
 # CPU presets: lr is 10-20x the paper's 5e-5 because a CPU budget allows only hundreds of steps;
 # with 5e-5 the tiny model would barely leave its initialisation (documented in the model card).
+# Long horizon (issue 12): teacher-forcing windows are one chunk longer than the model's cache window
+# (so the window limit of the attention mask is trained), stage-3 rollouts reach 3x the window, and
+# the clips are long enough for max_history + 1 chunks (tiny: 25 chunks x 4 frames = 4.0 s).
 RECIPES = {
     "micro": DataRecipe(clips=8, clip_seconds=1.0, size=64, batch_size=4, window_chunks=3, mf_batch_size=2,
-                        max_history=2, lr=1e-3, mf_lr=1e-3, warmup=0),
-    "tiny": DataRecipe(clips=384, clip_seconds=4.0, size=64, batch_size=8, window_chunks=4, mf_batch_size=8,
-                       max_history=3, lr=8e-4, mf_lr=2e-4, warmup=20),
-    "small": DataRecipe(clips=4096, clip_seconds=8.0, size=128, batch_size=32, window_chunks=8, mf_batch_size=16,
-                        max_history=6, lr=2e-4, mf_lr=5e-5, warmup=500),
-    "base": DataRecipe(clips=16384, clip_seconds=10.0, size=128, batch_size=32, window_chunks=8,
-                       mf_batch_size=16, max_history=8, lr=1e-4, mf_lr=5e-5, warmup=1000),
+                        max_history=6, lr=1e-3, mf_lr=1e-3, warmup=0),
+    "tiny": DataRecipe(clips=384, clip_seconds=4.0, size=64, batch_size=8, window_chunks=9, mf_batch_size=8,
+                       max_history=24, lr=8e-4, mf_lr=2e-4, warmup=20),
+    "small": DataRecipe(clips=4096, clip_seconds=8.0, size=128, batch_size=32, window_chunks=17, mf_batch_size=16,
+                        max_history=48, lr=2e-4, mf_lr=5e-5, warmup=500),
+    "base": DataRecipe(clips=16384, clip_seconds=16.0, size=128, batch_size=32, window_chunks=33,
+                       mf_batch_size=16, max_history=96, lr=1e-4, mf_lr=5e-5, warmup=1000),
 }
 
 
@@ -93,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--max-history", type=int, default=None)
+    p.add_argument("--loss-chunks", type=int, default=3, help="stage 3: loss chunks one history rollout serves")
     p.add_argument("--rollout-steps", type=int, default=4)
     p.add_argument("--dmd-cfg", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
@@ -156,8 +173,14 @@ def _log(msg: str) -> None:
 
 def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: Path | None = None) -> dict:
     from mf.train.flow_matching import unimodal_flow_matching_loss
-    from mf.train.mutual_forcing import (BASELINE_C, BASELINE_E, MUTUAL, make_fake_score, make_frozen_teacher,
-                                         mutual_forcing_losses)
+    from mf.train.mutual_forcing import (
+        BASELINE_C,
+        BASELINE_E,
+        MUTUAL,
+        make_fake_score,
+        make_frozen_teacher,
+        mutual_forcing_losses,
+    )
     from mf.train.shortcut import shortcut_model_loss
 
     recipe = RECIPES[args.preset]
@@ -181,7 +204,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         cfg = {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}[stage]
         from dataclasses import replace
         cfg = replace(cfg, max_history=args.max_history if args.max_history is not None else recipe.max_history,
-                      rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg)
+                      rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg, loss_chunks=args.loss_chunks)
         if cfg.w_dmd > 0:
             fake = make_fake_score(model).to(device).train()
             fake_opt = make_optimizer(fake.parameters(), lr)
@@ -191,7 +214,9 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             modules["teacher"] = teacher
         batch_size, n_chunks = args.batch_size or recipe.mf_batch_size, cfg.max_history + 1
     else:
-        batch_size, n_chunks = args.batch_size or recipe.batch_size, recipe.window_chunks
+        # teacher forcing sees at least the cache window plus the chunk it predicts
+        batch_size, n_chunks = args.batch_size or recipe.batch_size, max(recipe.window_chunks,
+                                                                         model.model_config.window_chunks + 1)
 
     step = 0
     if args.resume:
@@ -246,6 +271,10 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             if step % args.ckpt_every == 0:
                 save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
                 log.plot(f"{stage} ({args.preset})")
+                # the EMA weights so far, loadable while a long run goes on (written aside, then swapped in)
+                ema.shadow.save_pretrained(str(run_dir / "ema.tmp"), safe_serialization=True)
+                write_json(run_dir / "ema.tmp" / "training.json", {"stage": stage, "steps": step})
+                _swap_dir(run_dir / "ema.tmp", run_dir / "ema")
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
                "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
                "device": str(device), "processes": world}
@@ -264,6 +293,18 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         _log(f"{stage}: done, {step} steps in {summary['wall_s']} s; EMA weights in {run_dir / 'ema'}")
     accelerator.wait_for_everyone()
     return summary
+
+
+def _swap_dir(src: Path, dst: Path) -> None:
+    """Replace folder dst by src (a reader sees the old or the new weights, never half of each)."""
+    import shutil
+
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_weights(model, out: Path, summary: dict) -> None:
@@ -330,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage in ("unimodal", "joint", "mutual"):
             stage_args = argparse.Namespace(**{**vars(args), "init": None if stage != "unimodal" else args.init})
             # joint also exports, as an interim checkpoint, in case stage 3 is cut short
-            summaries.append(run_stage(stage, stage_args, latents, budget=Budget(steps=args.steps, minutes=minutes[stage]),
+            budget = Budget(steps=args.steps, minutes=minutes[stage])
+            summaries.append(run_stage(stage, stage_args, latents, budget=budget,
                                        export=export if stage in ("joint", "mutual") else None))
         write_json(Path(args.runs) / "all" / "summary.json",
                    {"stages": summaries, "wall_s": round(overall.elapsed(), 1), "latents": latents.meta})
