@@ -55,6 +55,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 from scipy.signal import butter, sosfiltfilt
 
 from eval.mouth import MouthTrack, locate_mouth, mouth_crops
@@ -70,7 +71,16 @@ LOW_CONFIDENCE = 0.15  # below this peak-minus-median the offset is flagged "low
 SPEECH_BAND_HZ = (300.0, 3000.0)
 SYLLABLE_BAND_HZ = (1.0, 8.0)
 ONSET_WEIGHT = 0.3  # share of the frame-difference correlation for motion-located mouths (step 3)
-FLAGS = ("too_short", "silent_audio", "static_video", "low_confidence")
+MESH_BAND_HZ = (0.5, 6.0)  # band of both signals when the mouth opening comes from landmarks
+MESH_EDGE = 12  # frames at either end of the clip that do not vote when the mouth comes from landmarks
+VAD_FRACTION = 0.2  # voiced: log energy above p10 + VAD_FRACTION x (p90 - p10) of the clip's envelope
+VAD_SPREAD = 5  # voiced frames are widened by this many frames either side (mouths move before sound)
+VAD_MIN_RANGE = 1.0  # p90 - p10 of the log envelope below this (4.3 dB): no silences to remove
+MIN_SPEECH_SECONDS = 1.5  # fewer voiced seconds than this: "too_little_speech"
+MIN_PROMINENCE = 0.08  # peak minus best rival lag below this: "weak_peak"
+SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first and last 70% of the clip
+FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "weak_peak",
+         "inconsistent")
 
 
 @dataclass
@@ -90,6 +100,12 @@ class SyncResult:
     n_frames: int = 0
     prominence: float = float("nan")  # peak minus the best lag more than PROMINENCE_GUARD frames away
     extras: dict = field(default_factory=dict)  # e.g. SyncNet scores added by callers
+    voiced_seconds: float = float("nan")  # speech that voted (voice-activity gate, step 3)
+
+    @property
+    def uncertain(self) -> bool:
+        """True when the offset should not be trusted: any flag is set (the reason is ``flag``)."""
+        return self.flag is not None
 
     @property
     def lags(self) -> np.ndarray:
@@ -107,6 +123,8 @@ class SyncResult:
             "offset_ms": num(self.offset_ms),
             "confidence": num(self.confidence),
             "flag": self.flag,
+            "uncertain": bool(self.uncertain),
+            "voiced_seconds": num(self.voiced_seconds),
             "curve": [num(c) for c in np.asarray(self.curve, dtype=np.float64)],
             "lags": [int(k) for k in self.lags],
             "mouth_box": None if self.mouth_box is None else [int(v) for v in self.mouth_box],
@@ -146,8 +164,11 @@ def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: floa
     return np.log(power + floor)
 
 
-def mouth_signal(crops: np.ndarray) -> np.ndarray:
-    """First principal component of the mouth patches over time, signed to grow as the region darkens."""
+def mouth_signal(crops: np.ndarray, track: MouthTrack | None = None) -> np.ndarray:
+    """Mouth signal: the landmark mouth opening when ``track`` has one, else the first principal component
+    of the mouth patches over time, signed to grow as the region darkens."""
+    if track is not None and track.opening is not None:
+        return np.asarray(track.opening, dtype=np.float64)
     x = crops.reshape(len(crops), -1).astype(np.float64)
     x = x - x.mean(axis=0)
     if not np.any(x):
@@ -160,24 +181,61 @@ def mouth_signal(crops: np.ndarray) -> np.ndarray:
     return pc
 
 
-def _bandpass(x: np.ndarray, fps: float) -> np.ndarray:
-    lo, hi = SYLLABLE_BAND_HZ
+def _bandpass(x: np.ndarray, fps: float, band: tuple[float, float] = SYLLABLE_BAND_HZ) -> np.ndarray:
+    lo, hi = band
     hi = min(hi, 0.45 * fps)
     sos = butter(2, [lo, hi], btype="band", fs=fps, output="sos")
     return sosfiltfilt(sos, x - x.mean())
 
 
-def lagged_correlation(audio_sig: np.ndarray, mouth_sig: np.ndarray, max_shift: int) -> np.ndarray:
-    """curve[j] = Pearson corr(audio[n], mouth[n + k]) over the overlap, k = j - max_shift."""
+def lagged_correlation(audio_sig: np.ndarray, mouth_sig: np.ndarray, max_shift: int,
+                       votes: np.ndarray | None = None) -> np.ndarray:
+    """curve[j] = Pearson corr(audio[n], mouth[n + k]) over the overlap, k = j - max_shift.
+
+    ``votes`` (bool [T], optional): only audio frames n with votes[n] take part (voice-activity gate).
+    """
     n = len(audio_sig)
     curve = np.zeros(2 * max_shift + 1)
     for j, k in enumerate(range(-max_shift, max_shift + 1)):
-        a = audio_sig[max(0, -k): n - max(0, k)]
-        v = mouth_sig[max(0, k): n - max(0, -k)]
+        idx = np.arange(max(0, -k), n - max(0, k))
+        if votes is not None:
+            idx = idx[votes[idx]]
+        a, v = audio_sig[idx], mouth_sig[idx + k]
+        if len(idx) < 2:
+            continue
         a, v = a - a.mean(), v - v.mean()
         denom = math.sqrt(float(np.dot(a, a)) * float(np.dot(v, v)))
         curve[j] = float(np.dot(a, v)) / denom if denom > 0 else 0.0
     return curve
+
+
+def voiced_frames(env: np.ndarray) -> np.ndarray:
+    """Voice-activity gate on the log envelope, bool [T] (see the module docstring, step 3)."""
+    lo, hi = np.percentile(env, [10, 97])
+    if hi - lo < VAD_MIN_RANGE:  # no pauses to remove (continuous speech, or no speech at all)
+        return np.ones(len(env), bool)
+    return binary_dilation(env > lo + VAD_FRACTION * (hi - lo), iterations=VAD_SPREAD)
+
+
+def _curve(env_bp: np.ndarray, mouth_bp: np.ndarray, votes: np.ndarray, max_shift: int, onset: bool) -> np.ndarray:
+    curve = lagged_correlation(env_bp, mouth_bp, max_shift, votes)
+    if onset:
+        # Onset term (see the module docstring, step 3): motion-located mouths of rendered characters.
+        onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift, votes[1:])
+        curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
+    return curve
+
+
+def _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset) -> bool:
+    """The peak of the first and of the last SPLIT_FRACTION of the clip each within 1 frame of ``offset``."""
+    t = len(votes)
+    span = int(SPLIT_FRACTION * t)
+    for part in (slice(0, span), slice(t - span, t)):
+        sub = np.zeros(t, bool)
+        sub[part] = votes[part]
+        if abs(int(np.argmax(_curve(env_bp, mouth_bp, sub, max_shift, onset))) - max_shift - offset) > 1:
+            return False
+    return True
 
 
 def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
@@ -187,7 +245,7 @@ def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: i
     if track is None:
         track = locate_mouth(frames, fps)
     env = audio_envelope(audio, sample_rate, len(frames), fps)
-    mouth = mouth_signal(mouth_crops(frames, track))
+    mouth = mouth_signal(mouth_crops(frames, track), track)
     return env, mouth, track
 
 
@@ -229,22 +287,32 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     if silent or static:
         flag = "too_short" if t / fps < MIN_SECONDS else ("silent_audio" if silent else "static_video")
         return SyncResult(0, 0.0, float("nan"), flag, nan_curve, **base, peak_corr=float("nan"))
-    env_bp, mouth_bp = _bandpass(env, fps), _bandpass(mouth, fps)
-    curve = lagged_correlation(env_bp, mouth_bp, max_shift)
-    if track.localizer != "haar-face":
-        # Onset term (see the module docstring, step 3): motion-located mouths of rendered characters.
-        onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift)
-        curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
+    mesh = track.localizer == "face-mesh"
+    band = MESH_BAND_HZ if mesh else SYLLABLE_BAND_HZ
+    env_bp, mouth_bp = _bandpass(env, fps, band), _bandpass(mouth, fps, band)
+    votes = voiced_frames(env)
+    voiced_seconds = float(votes.sum()) / fps
+    if mesh:
+        votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
+    onset = track.localizer in ("motion-fallback", "centre-fallback")
+    curve = _curve(env_bp, mouth_bp, votes, max_shift, onset)
     best = int(np.argmax(curve))
     offset = best - max_shift
     confidence = float(curve[best] - np.median(curve))
+    prominence = peak_prominence(curve)
     flag = None
     if t / fps < MIN_SECONDS:
         flag = "too_short"
+    elif voiced_seconds < MIN_SPEECH_SECONDS:
+        flag = "too_little_speech"
     elif confidence < LOW_CONFIDENCE:
         flag = "low_confidence"
+    elif prominence < MIN_PROMINENCE:
+        flag = "weak_peak"
+    elif not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
+        flag = "inconsistent"
     return SyncResult(offset, offset * 1000.0 / fps, confidence, flag, curve, **base, peak_corr=float(curve[best]),
-                      prominence=peak_prominence(curve))
+                      prominence=prominence, voiced_seconds=voiced_seconds)
 
 
 def peak_prominence(curve: np.ndarray, guard: int = PROMINENCE_GUARD) -> float:
