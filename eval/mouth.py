@@ -1,12 +1,18 @@
-"""Face and mouth localisation for the sync metrics, with models that ship inside pip packages.
+"""Face and mouth localisation for the sync metrics.
 
-Owns: ``locate_mouth`` (a per-frame mouth box for a clip, plus the face boxes it came from and the
-name of the localizer that produced it), ``mouth_crops`` (grayscale mouth patches for the sync
+Owns: ``locate_mouth`` (a per-frame mouth box for a clip, plus the face boxes it came from, the
+mouth opening when landmarks were found, and the name of the localizer that produced it), ``mouth_crops`` (grayscale mouth patches for the sync
 estimator) and ``face_crops`` (square face patches for SyncNet).
 
 Localizers, tried in this order; the one used is reported (``MouthTrack.localizer``):
 
-1. ``"haar-face"``: OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``, shipped with
+0. ``"face-mesh"``: where the Haar step below finds a face, MediaPipe's face-mesh landmarks
+   (``eval.landmarks``, model in assets/eval/face) are tracked from the Haar face track on every
+   frame. When they are found on at least MIN_MESH_RATE of the frames, the mouth box is the outer-lip
+   ring's bounding box widened by MOUTH_MARGIN, and ``opening`` is the inner-lip gap / eye distance
+   (frames where the face was lost are interpolated). ``face_boxes`` stay the Haar track (SyncNet's
+   crops). Otherwise the Haar box below is used.
+1. ``"haar-face"``: OpenCV's frontal-face Haar cascade (``mf.face.haar_face_cascade``, shipped with
    opencv-python-headless, nothing downloaded). It runs on up to ``MAX_DETECTIONS`` evenly spaced
    frames, downscaled so the long side is ~320 px (upscaled for tiny frames such as the 64 px
    corpus). Per frame the largest face is kept; detections far from the median face (false positives

@@ -14,38 +14,47 @@ Method of the weight-free estimator
    floored at 1e-3 x the median frame energy so silences and
    zero padding do not dominate: a loudness envelope at the video frame rate.
    Each frame's window is centred on the frame's instant i / fps: [(i - 0.5) / fps, (i + 0.5) / fps).
-2. Video: a mouth box per frame from ``eval.mouth.locate_mouth`` (Haar face -> lower-middle of the face,
-   or a motion-energy fallback for cartoon characters; ``localizer`` says which). The 32x24
-   grayscale mouth patches are reduced to their first principal component over time: the dominant
-   way the mouth region changes, which for a talking head is the mouth opening and closing. Its sign
-   is fixed so that it grows when the region gets darker (an open mouth shows the dark oral
-   cavity), so "mouth open" and "loud" should correlate positively.
-3. Both signals are band-passed to the syllable rate (1-8 Hz, 2nd-order Butterworth, zero phase, so
-   neither is delayed) and the Pearson correlation is computed over the overlapping frames for every
-   lag k in [-max_shift, max_shift]: curve[k] = corr(audio[n], mouth[n + k]); a peak at k > 0 means
-   the audio at frame n matches the mouth at the later frame n + k, i.e. audio leads.
+2. Video: a mouth per frame from ``eval.mouth.locate_mouth`` (``localizer`` says which way):
+   "face-mesh" (a real face: Haar face box, then MediaPipe's 468 facial landmarks, ``eval.landmarks``):
+   the mouth signal is the mouth OPENING, inner-lip gap / outer-eye-corner distance.
+   Otherwise ("haar-face" when the landmarks fail, "motion-fallback"/"centre-fallback" for cartoon
+   characters, whose faces the Haar cascade does not find) the 32x24 grayscale mouth patches are
+   reduced to their first principal component over time, signed to grow as the region darkens (an
+   open mouth shows the dark oral cavity), so "mouth open" and "loud" correlate positively.
+3. Both signals are band-passed (2nd-order Butterworth, zero phase, so neither is delayed): to the
+   syllable rate 1-8 Hz, or 0.5-6 Hz for the landmark opening (measured on the tuning clips: 48 vs 33
+   of 105 imposed shifts within 1 frame). The Pearson correlation is computed for every lag k in
+   [-max_shift, max_shift]: curve[k] = corr(audio[n], mouth[n + k]); a peak at k > 0 means the audio at
+   frame n matches the mouth at the later frame n + k, i.e. audio leads.
+   Voice-activity gate: only audio frames that are voiced vote (pairs whose audio frame n is silent
+   are left out of every lag's correlation). Voiced = log envelope above p10 + VAD_FRACTION x
+   (p97 - p10) of the clip, widened by VAD_SPREAD frames either side (lips move before the sound
+   starts); a clip whose envelope spans less than VAD_MIN_RANGE has no pauses and every frame votes.
+   With landmarks, the first and last MESH_EDGE frames do not vote either (filter edge transients
+   gave confident wrong peaks on the tuning clips: 48 -> 56 of 105 within 1 frame without them).
    Onset term: when the mouth was found by motion (rendered characters, whose mouth signal has no
    tracking jitter), the curve is (1 - ONSET_WEIGHT) x that correlation + ONSET_WEIGHT x the same
    correlation of the frame-to-frame differences of both signals, which pins syllable onsets to the
-   frame. The plain correlation has a broad peak, and characters whose mouth opening trails the
-   loudness by ~half a frame tied between lags k and k+1: over 30 held-out corpus seeds x 21 shifts
-   the onset term took exact recovery from 96.2% to 100%. Haar-tracked (real) faces do not get it:
-   there frame differences are dominated by box jitter and compression noise (measured on the three
-   real clips: it moved 2 of 12 imposed shifts by 2-3 frames).
+   frame (over 30 held-out corpus seeds x 21 shifts it took exact recovery from 96.2% to 100%). Real
+   faces do not get it: there frame differences are dominated by tracking jitter and compression noise.
 4. offset = argmax of the curve (positive correlation only: an anti-correlated peak is not sync).
-   confidence = peak - median of the curve, in correlation units (the analogue of SyncNet's LSE-C,
-   "median minus min distance"): measured 0.30-0.35 for the in-sync 5 s real clips and 0.5-0.7 on 8 s
-   corpus clips; audio from another clip gave 0.14-0.29 on the real clips. ``peak_corr`` keeps the raw peak.
+   confidence = peak - median of the curve, in correlation units (the analogue of SyncNet's LSE-C).
    prominence = peak - the highest curve value more than PROMINENCE_GUARD frames from the peak
-   (floored at 0): how much the chosen lag stands out from every other candidate. Audio from another
-   speaker still correlates with a talking mouth at some lag (speech has a syllable rhythm), so its
-   peak-minus-median can stay high, but it has several similar peaks. Measured on the three real clips:
-   in-sync prominence 0.11-0.20; audio of another clip 0.02-0.13, at most 0.62 x the clip's own (its
-   confidence was up to 0.90 x).
-Flags (one string or None, most serious first): "too_short" (under MIN_SECONDS, or fewer than
-2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no
-speech-band energy), "static_video" (the mouth region never changes), "low_confidence"
-(confidence < LOW_CONFIDENCE).
+   (floored at 0): how much the chosen lag stands out from every other candidate (audio of another
+   speaker still correlates with a talking mouth at some lag, but with several similar peaks).
+   Consistency: the search is repeated on the first and on the last SPLIT_FRACTION of the clip; a real
+   offset is the same throughout a clip, a chance peak usually is not.
+Flags (one string or None, most serious first; ``uncertain`` is True whenever a flag is set, and callers
+must then not report the offset as a measurement): "too_short" (under MIN_SECONDS, or fewer than
+2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no audio
+energy), "static_video" (the mouth never changes), "too_little_speech" (under MIN_SPEECH_SECONDS
+voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at +-max_shift, so
+the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE), "inconsistent"
+(either part's peak is more than 1 frame from the whole clip's).
+Limits, measured (``python -m eval.sync_validate``, see docs/ARCHITECTURE.md): on 5-9 s real clips the
+landmark opening correlates with loudness at only ~0.2-0.4, so chance peaks compete with the true
+one; the flags catch many but not all wrong offsets. SyncNet (user-supplied weights) is the
+reference for real faces.
 """
 
 from __future__ import annotations
@@ -79,8 +88,8 @@ VAD_MIN_RANGE = 1.0  # p90 - p10 of the log envelope below this (4.3 dB): no sil
 MIN_SPEECH_SECONDS = 1.5  # fewer voiced seconds than this: "too_little_speech"
 MIN_PROMINENCE = 0.08  # peak minus best rival lag below this: "weak_peak"
 SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first and last 70% of the clip
-FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "weak_peak",
-         "inconsistent")
+FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
+         "weak_peak", "inconsistent")
 
 
 @dataclass
@@ -307,6 +316,8 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
         flag = "too_little_speech"
     elif confidence < LOW_CONFIDENCE:
         flag = "low_confidence"
+    elif abs(offset) == max_shift:  # a maximum at the end of the search range may lie beyond it
+        flag = "peak_at_edge"
     elif prominence < MIN_PROMINENCE:
         flag = "weak_peak"
     elif not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
