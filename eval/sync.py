@@ -42,6 +42,10 @@ Method of the weight-free estimator
    prominence = peak - the highest curve value more than PROMINENCE_GUARD frames from the peak
    (floored at 0): how much the chosen lag stands out from every other candidate (audio of another
    speaker still correlates with a talking mouth at some lag, but with several similar peaks).
+   Chance level: the same search with the audio envelope (and its gate) rolled circularly by
+   N_SURROGATES lags of at least 2 * max_shift + 1 frames (audio that is in sync at no searched lag,
+   with the clip's own rhythm, length and gate); if any of those peaks reaches the clip's own peak,
+   the peak is not above chance (a permutation test at p = 1 / (N_SURROGATES + 1) = 0.05).
    Consistency: the search is repeated on the first and on the last SPLIT_FRACTION of the clip; a real
    offset is the same throughout a clip, a chance peak usually is not.
 Flags (one string or None, most serious first; ``uncertain`` is True whenever a flag is set, and callers
@@ -49,12 +53,13 @@ must then not report the offset as a measurement): "too_short" (under MIN_SECOND
 2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no audio
 energy), "static_video" (the mouth never changes), "too_little_speech" (under MIN_SPEECH_SECONDS
 voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at +-max_shift, so
-the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE), "inconsistent"
+the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE), "not_significant" (a rolled-audio peak reaches
+the clip's own peak), "inconsistent"
 (either part's peak is more than 1 frame from the whole clip's).
-Limits, measured (``python -m eval.sync_validate``, see docs/ARCHITECTURE.md): on 5-9 s real clips the
-landmark opening correlates with loudness at only ~0.2-0.4, so chance peaks compete with the true
-one; the flags catch many but not all wrong offsets. SyncNet (user-supplied weights) is the
-reference for real faces.
+Limits, measured (``python -m eval.sync_validate``, numbers in docs/ARCHITECTURE.md): on 5-15 s real
+clips the landmark opening correlates with loudness at only ~0.2-0.4, and the clip's own peak is
+rarely above the rolled-audio chance level, so real faces mostly come out "not_significant": the
+estimator declines rather than guesses. SyncNet (user-supplied weights) is the reference for real faces.
 """
 
 from __future__ import annotations
@@ -87,9 +92,10 @@ VAD_SPREAD = 5  # voiced frames are widened by this many frames either side (mou
 VAD_MIN_RANGE = 1.0  # p90 - p10 of the log envelope below this (4.3 dB): no silences to remove
 MIN_SPEECH_SECONDS = 1.5  # fewer voiced seconds than this: "too_little_speech"
 MIN_PROMINENCE = 0.08  # peak minus best rival lag below this: "weak_peak"
+N_SURROGATES = 19  # circularly rolled audio envelopes: the chance level of the curve's peak for this clip
 SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first and last 70% of the clip
 FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
-         "weak_peak", "inconsistent")
+         "weak_peak", "not_significant", "inconsistent")
 
 
 @dataclass
@@ -235,6 +241,18 @@ def _curve(env_bp: np.ndarray, mouth_bp: np.ndarray, votes: np.ndarray, max_shif
     return curve
 
 
+def chance_peaks(env_bp, mouth_bp, votes, max_shift, onset, n: int = N_SURROGATES) -> np.ndarray:
+    """Curve peaks with the audio envelope (and its votes) rolled circularly by n lags spread over
+    [2 * max_shift + 1, T - 2 * max_shift - 1]: audio that cannot be in sync with the mouth at any
+    searched lag, with the same rhythm, length and gate as the clip's own."""
+    t = len(env_bp)
+    lo, hi = 2 * max_shift + 1, t - 2 * max_shift - 1
+    if hi < lo:
+        return np.zeros(0)
+    rolls = np.unique(np.linspace(lo, hi, n).round().astype(int))
+    return np.array([_curve(np.roll(env_bp, r), mouth_bp, np.roll(votes, r), max_shift, onset).max() for r in rolls])
+
+
 def _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset) -> bool:
     """The peak of the first and of the last SPLIT_FRACTION of the clip each within 1 frame of ``offset``."""
     t = len(votes)
@@ -320,6 +338,8 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
         flag = "peak_at_edge"
     elif prominence < MIN_PROMINENCE:
         flag = "weak_peak"
+    elif np.any(chance_peaks(env_bp, mouth_bp, votes, max_shift, onset) >= curve[best]):
+        flag = "not_significant"
     elif not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
         flag = "inconsistent"
     return SyncResult(offset, offset * 1000.0 / fps, confidence, flag, curve, **base, peak_corr=float(curve[best]),

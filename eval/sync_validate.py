@@ -1,6 +1,6 @@
 """Measure the weight-free sync estimator against the issue-16 floors and print the numbers.
 
-    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview]
+    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview] [--corpus 5]
 
 Each FOLDER holds real talking-face clips (mp4/mov/mkv/avi/webm) whose audio is taken to be in sync as
 published. Per clip, the estimator runs on the clip itself (in-sync case) and on copies whose audio is
@@ -15,6 +15,8 @@ Reported (and compared with the floors of issue 16):
   them were flagged uncertain, and how many wrong offsets carried no flag (the dangerous case);
 - in-sync clips: offset within +-1 frame (+-40 ms) or flagged uncertain (floor >= 95%), and flagged
   (floor <= 10%).
+``--corpus N``: the existing corpus bar, N held-out corpus seeds (from HELDOUT_SEED_START + 10) x 8 s x
+shifts -10..+10 rendered by ``mf.data.render_clip``, recovered EXACTLY in >= 95% (105/105 before landmarks).
 ``--preview``: the README's preview clip (seed 3, 4 s, "hello there" then silence, true offset 0) must
 read 0 +- 40 ms or be flagged uncertain.
 Exit status 0 when every measured floor holds, 1 otherwise, 2 for bad arguments.
@@ -100,6 +102,22 @@ def preview_check() -> tuple[bool, str]:
                 f"voiced {r.voiced_seconds:.2f} s, confidence {r.confidence:.2f}")
 
 
+def corpus_check(n_seeds: int) -> tuple[bool, str]:
+    """The corpus bar of tests/test_sync.py (exact recovery of -10..+10 frame shifts on 8 s clips)."""
+    from mf.constants import HELDOUT_SEED_START
+    from mf.data import render_clip
+
+    exact, flagged, total = 0, 0, 0
+    for seed in range(HELDOUT_SEED_START + 10, HELDOUT_SEED_START + 10 + n_seeds):
+        for k in range(-10, 11):
+            clip = render_clip(seed, 8.0, shift_ms=40.0 * k)
+            r = estimate_sync(clip.frames, FPS, clip.audio, SAMPLE_RATE)
+            exact += r.offset_frames == k
+            flagged += r.uncertain
+            total += 1
+    return exact / total >= 0.95, f"corpus: {exact}/{total} exact ({flagged} flagged uncertain), floor >= 95%"
+
+
 def _clips(folders: list[str]) -> list[str]:
     out = []
     for d in folders:
@@ -114,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="*", help="folders of real in-sync talking-face clips")
     ap.add_argument("--shifts", type=int, default=10, help="imposed shifts -N..+N frames (default 10)")
     ap.add_argument("--preview", action="store_true", help="also check the README's preview clip")
+    ap.add_argument("--corpus", type=int, default=0, metavar="N", help="also run the corpus bar on N seeds (5: 105 clips)")
     args = ap.parse_args(argv)
     try:
         paths = _clips(args.folders)
@@ -144,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = value >= floor if op == ">=" else value <= floor
             passed &= ok
             print(f"  {label}: {value:.1%} (floor {op} {floor:.0%}) {'PASS' if ok else 'FAIL'}")
+    if args.corpus > 0:
+        ok, line = corpus_check(args.corpus)
+        passed &= ok
+        print(f"{line}: {'PASS' if ok else 'FAIL'}")
     if args.preview:
         ok, line = preview_check()
         passed &= ok

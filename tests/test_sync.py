@@ -21,6 +21,16 @@ def _shift(audio, k, sr=16000, fps=25):
     return np.r_[np.zeros(n, np.float32), audio[:-n]] if k < 0 else audio
 
 
+@pytest.fixture(scope="module")
+def talk3():
+    """talk3 of ../shared/data/real_av and its mouth track (located once for the module's tests)."""
+    if not os.path.exists(os.path.join(REAL, "talk3.mp4")):
+        pytest.skip("../shared/data/real_av absent")
+    from eval.mouth import locate_mouth
+    clip = read_av(os.path.join(REAL, "talk3.mp4"))
+    return clip, locate_mouth(clip.frames)
+
+
 @pytest.mark.parametrize("k", [-3, 0, 4])
 def test_corpus_clip_offset_recovered_exactly(k):
     from mf.data import render_clip
@@ -31,12 +41,11 @@ def test_corpus_clip_offset_recovered_exactly(k):
     assert r.localizer == "motion-fallback"  # the Haar cascade finds no cartoon face: weight-free fallback kept
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
-def test_real_clip_offset_moves_with_imposed_shift():
-    clip = read_av(os.path.join(REAL, "talk3.mp4"))
-    base = estimate_sync(clip.frames, 25, clip.audio, 16000)
+def test_real_clip_offset_moves_with_imposed_shift(talk3):
+    clip, track = talk3
+    base = estimate_sync(clip.frames, 25, clip.audio, 16000, track=track)
     for k in (2, -2):
-        r = estimate_sync(clip.frames, 25, _shift(clip.audio, k), 16000)
+        r = estimate_sync(clip.frames, 25, _shift(clip.audio, k), 16000, track=track)
         assert abs((r.offset_frames - base.offset_frames) - k) <= 1
 
 
@@ -51,8 +60,19 @@ def test_face_detection_stops_after_the_probe_on_cartoons_but_tracks_real_faces(
         real = read_av(os.path.join(REAL, "talk1.mp4")).frames
         idx, boxes, tried = detect_faces(real)
         assert tried > PROBE_DETECTIONS and len(idx) >= 0.3 * tried and np.all(np.diff(idx) > 0)
-        assert locate_mouth(real).localizer == "face-mesh"
         assert locate_mouth(real, use_landmarks=False).localizer == "haar-face"
+
+
+def test_landmarks_put_the_mouth_on_the_lips_and_its_opening_moves_with_speech(talk3):
+    from eval.landmarks import load_landmark_model
+    load_landmark_model()  # the shipped asset loads
+    clip, track = talk3
+    assert track.localizer == "face-mesh" and track.mesh_rate >= 0.8
+    x, y, fw, fh = np.median(track.face_boxes, axis=0)  # Haar face box
+    mx0, my0, mx1, my1 = track.median_box()
+    assert x < mx0 < mx1 < x + fw and y + 0.5 * fh < (my0 + my1) / 2 < y + 1.1 * fh  # lower-middle of the face
+    # the speaker opens and closes her mouth: inner-lip gap from ~0 to a good fraction of the eye distance
+    assert np.percentile(track.opening, 5) < 0.05 and np.percentile(track.opening, 95) > 0.15
 
 
 def test_too_short_clip_is_flagged_and_json_friendly():
@@ -109,22 +129,6 @@ def test_bar_corpus_offsets_recovered_exactly_for_95_percent_of_shifts():
             clip = render_clip(seed, 8.0, shift_ms=40.0 * k)
             results.append(estimate_sync(clip.frames, 25, clip.audio, 16000).offset_frames == k)
     assert np.mean(results) >= 0.95, f"exact for {np.mean(results):.1%} of {len(results)} clips"
-
-
-def test_landmarks_put_the_mouth_on_the_lips_and_its_opening_moves_with_speech():
-    from eval.landmarks import load_landmark_model
-    from eval.mouth import locate_mouth
-    load_landmark_model()  # the shipped asset loads
-    if not os.path.exists(os.path.join(REAL, "talk3.mp4")):
-        pytest.skip("../shared/data/real_av absent")
-    clip = read_av(os.path.join(REAL, "talk3.mp4"))
-    track = locate_mouth(clip.frames)
-    assert track.localizer == "face-mesh" and track.mesh_rate >= 0.8
-    x, y, fw, fh = np.median(track.face_boxes, axis=0)  # Haar face box
-    mx0, my0, mx1, my1 = track.median_box()
-    assert x < mx0 < mx1 < x + fw and y + 0.5 * fh < (my0 + my1) / 2 < y + 1.1 * fh  # lower-middle of the face
-    # the speaker opens and closes her mouth: inner-lip gap from ~0 to a good fraction of the eye distance
-    assert np.percentile(track.opening, 5) < 0.05 and np.percentile(track.opening, 95) > 0.15
 
 
 def test_landmark_model_missing_is_a_clear_error(tmp_path):
@@ -186,14 +190,13 @@ def test_uncertain_result_reaches_json_and_score_rows_without_an_offset():
     assert d["uncertain"] is True and d["flag"] == "too_little_speech"
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason="../shared/data/real_av absent")
-def test_foreign_audio_on_a_real_face_is_flagged_uncertain():
-    from eval.mouth import locate_mouth
-    clip, other = read_av(os.path.join(REAL, "talk2.mp4")), read_av(os.path.join(REAL, "talk3.mp4"))
+def test_foreign_audio_on_a_real_face_is_flagged_uncertain(talk3):
+    clip, track = talk3
+    other = read_av(os.path.join(REAL, "talk1.mp4"))
     audio = np.zeros_like(clip.audio)
     n = min(len(audio), len(other.audio))
     audio[:n] = other.audio[:n]
-    r = estimate_sync(clip.frames, 25, audio, 16000, track=locate_mouth(clip.frames))
+    r = estimate_sync(clip.frames, 25, audio, 16000, track=track)
     assert r.uncertain, (r.offset_frames, r.prominence)
 
 
