@@ -1,8 +1,8 @@
 """Face and mouth localisation for the sync metrics.
 
 Owns: ``locate_mouth`` (a per-frame mouth box for a clip, plus the face boxes it came from, the
-mouth opening when landmarks were found, and the name of the localizer that produced it), ``mouth_crops`` (grayscale mouth patches for the sync
-estimator) and ``face_crops`` (square face patches for SyncNet).
+mouth opening when landmarks were found, and the name of the localizer that produced it),
+``mouth_crops`` (grayscale mouth patches for the sync estimator) and ``face_crops`` (square face patches for SyncNet).
 
 Localizers, tried in this order; the one used is reported (``MouthTrack.localizer``):
 

@@ -52,10 +52,10 @@ Flags (one string or None, most serious first; ``uncertain`` is True whenever a 
 must then not report the offset as a measurement): "too_short" (under MIN_SECONDS, or fewer than
 2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no audio
 energy), "static_video" (the mouth never changes), "too_little_speech" (under MIN_SPEECH_SECONDS
-voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at +-max_shift, so
-the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE), "not_significant" (a rolled-audio peak reaches
-the clip's own peak), "inconsistent"
-(either part's peak is more than 1 frame from the whole clip's).
+voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at
++-max_shift, so the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE),
+"not_significant" (a rolled-audio peak reaches the clip's own peak), "inconsistent" (either part's peak
+is more than 1 frame from the whole clip's).
 Limits, measured (``python -m eval.sync_validate``, numbers in docs/ARCHITECTURE.md): on 5-15 s real
 clips the landmark opening correlates with loudness at only ~0.2-0.4, and the clip's own peak is
 rarely above the rolled-audio chance level, so real faces mostly come out "not_significant": the

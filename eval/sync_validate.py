@@ -48,10 +48,11 @@ def shifted(frames: np.ndarray, audio: np.ndarray, k: int, fps: float = FPS,
     t = len(frames)
     spf = sample_rate / fps
     n = t - abs(k)
+    length = round(n * spf)
     if k >= 0:
-        a = audio[int(round(k * spf)): int(round(k * spf)) + int(round(n * spf))]
-        return slice(0, n), a
-    return slice(-k, t), audio[: int(round(n * spf))]
+        start = round(k * spf)
+        return slice(0, n), audio[start: start + length]
+    return slice(-k, t), audio[:length]
 
 
 def _cut(track: MouthTrack, part: slice) -> MouthTrack:
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="*", help="folders of real in-sync talking-face clips")
     ap.add_argument("--shifts", type=int, default=10, help="imposed shifts -N..+N frames (default 10)")
     ap.add_argument("--preview", action="store_true", help="also check the README's preview clip")
-    ap.add_argument("--corpus", type=int, default=0, metavar="N", help="also run the corpus bar on N seeds (5: 105 clips)")
+    ap.add_argument("--corpus", type=int, default=0, metavar="N",
+                    help="also run the corpus bar on N seeds (5: 105 clips)")
     args = ap.parse_args(argv)
     try:
         paths = _clips(args.folders)

@@ -66,7 +66,7 @@ def test_face_detection_stops_after_the_probe_on_cartoons_but_tracks_real_faces(
 def test_landmarks_put_the_mouth_on_the_lips_and_its_opening_moves_with_speech(talk3):
     from eval.landmarks import load_landmark_model
     load_landmark_model()  # the shipped asset loads
-    clip, track = talk3
+    _, track = talk3
     assert track.localizer == "face-mesh" and track.mesh_rate >= 0.8
     x, y, fw, fh = np.median(track.face_boxes, axis=0)  # Haar face box
     mx0, my0, mx1, my1 = track.median_box()
