@@ -9,10 +9,11 @@ Sign convention (as SyncNet and the whole project): a POSITIVE offset means the 
 (the sound of a mouth movement comes before the picture of it). ``offset_ms = offset_frames * 1000 / fps``.
 
 Method of the weight-free estimator
-1. Audio: downmix, resample to 16 kHz, band-pass to the speech band (300-3000 Hz, 4th-order
-   Butterworth, zero phase), and take the log energy of each video frame's span of samples,
-   floored at 1e-3 x the median frame energy so silences and
-   zero padding do not dominate: a loudness envelope at the video frame rate.
+1. Audio: downmix, resample to 16 kHz, band-pass to the speech band (300-3000 Hz; 1500-4000 Hz when
+   the mouth opening comes from landmarks: on the tuning clips the in-sync readings moved from
+   +1/+13/+2/+5/-1 to +1/+13/+1/-1/-1 frames; 4th-order Butterworth, zero phase), and take the log
+   energy of each video frame's span of samples, floored at 1e-3 x the median frame energy so silences
+   and zero padding do not dominate: a loudness envelope at the video frame rate.
    Each frame's window is centred on the frame's instant i / fps: [(i - 0.5) / fps, (i + 0.5) / fps).
 2. Video: a mouth per frame from ``eval.mouth.locate_mouth`` (``localizer`` says which way):
    "face-mesh" (a real face: Haar face box, then MediaPipe's 468 facial landmarks, ``eval.landmarks``):
@@ -83,6 +84,7 @@ MIN_OVERLAP = 8  # frames of overlap needed at the largest lag before a curve is
 PROMINENCE_GUARD = 3  # frames either side of the peak that do not count as competing lags
 LOW_CONFIDENCE = 0.15  # below this peak-minus-median the offset is flagged "low_confidence"
 SPEECH_BAND_HZ = (300.0, 3000.0)
+MESH_SPEECH_BAND_HZ = (1500.0, 4000.0)  # audio band of the envelope when the mouth opening comes from landmarks
 SYLLABLE_BAND_HZ = (1.0, 8.0)
 ONSET_WEIGHT = 0.3  # share of the frame-difference correlation for motion-located mouths (step 3)
 MESH_BAND_HZ = (0.5, 6.0)  # band of both signals when the mouth opening comes from landmarks
@@ -162,10 +164,11 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
+def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float,
+                   band: tuple[float, float] = SPEECH_BAND_HZ) -> np.ndarray:
     """Speech-band log energy per video frame, float64 [n_frames] (audio padded with silence if short)."""
     audio = resample_audio(_mono(audio), int(sample_rate), SAMPLE_RATE).astype(np.float64)
-    sos = butter(4, SPEECH_BAND_HZ, btype="band", fs=SAMPLE_RATE, output="sos")
+    sos = butter(4, band, btype="band", fs=SAMPLE_RATE, output="sos")
     band = sosfiltfilt(sos, audio) if len(audio) > 64 else np.zeros_like(audio)
     # Frame i shows the face at the instant i / fps, so its audio window is centred there:
     # [(i - 0.5) / fps, (i + 0.5) / fps). (A window starting at i / fps would make the audio look half a
@@ -271,7 +274,8 @@ def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: i
     frames = np.asarray(frames)
     if track is None:
         track = locate_mouth(frames, fps)
-    env = audio_envelope(audio, sample_rate, len(frames), fps)
+    band = MESH_SPEECH_BAND_HZ if track.localizer == "face-mesh" else SPEECH_BAND_HZ
+    env = audio_envelope(audio, sample_rate, len(frames), fps, band)
     mouth = mouth_signal(mouth_crops(frames, track), track)
     return env, mouth, track
 
