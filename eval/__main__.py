@@ -109,9 +109,13 @@ def _cmd_sync(args) -> int:
     if args.json:
         print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()}, indent=2))
     else:
-        print(f"{args.clip}: offset {d['offset_frames']:+d} frames ({d['offset_ms']:+.0f} ms; positive = audio leads), "
-              f"confidence {d['confidence']:.2f}" + (f", flag: {d['flag']}" if d.get("flag") else "")
-              + f", mouth localizer: {d.get('localizer', '?')}")
+        conf = "n/a" if d.get("confidence") is None else f"{d['confidence']:.2f}"
+        if d.get("uncertain", bool(d.get("flag"))):  # no confident number for a flagged estimate
+            print(f"{args.clip}: offset UNCERTAIN ({d['flag']}; best lag {d['offset_frames']:+d} frames, not a "
+                  f"measurement), confidence {conf}, mouth localizer: {d.get('localizer', '?')}")
+        else:
+            print(f"{args.clip}: offset {d['offset_frames']:+d} frames ({d['offset_ms']:+.0f} ms; positive = audio "
+                  f"leads), confidence {conf}, mouth localizer: {d.get('localizer', '?')}")
     return 0
 
 

@@ -1,12 +1,18 @@
-"""Face and mouth localisation for the sync metrics, with models that ship inside pip packages.
+"""Face and mouth localisation for the sync metrics.
 
-Owns: ``locate_mouth`` (a per-frame mouth box for a clip, plus the face boxes it came from and the
-name of the localizer that produced it), ``mouth_crops`` (grayscale mouth patches for the sync
-estimator) and ``face_crops`` (square face patches for SyncNet).
+Owns: ``locate_mouth`` (a per-frame mouth box for a clip, plus the face boxes it came from, the
+mouth opening when landmarks were found, and the name of the localizer that produced it),
+``mouth_crops`` (grayscale mouth patches for the sync estimator) and ``face_crops`` (square face patches for SyncNet).
 
 Localizers, tried in this order; the one used is reported (``MouthTrack.localizer``):
 
-1. ``"haar-face"``: OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``, shipped with
+0. ``"face-mesh"``: where the Haar step below finds a face, MediaPipe's face-mesh landmarks
+   (``eval.landmarks``, model in assets/eval/face) are tracked from the Haar face track on every
+   frame. When they are found on at least MIN_MESH_RATE of the frames, the mouth box is the outer-lip
+   ring's bounding box widened by MOUTH_MARGIN, and ``opening`` is the inner-lip gap / eye distance
+   (frames where the face was lost are interpolated). ``face_boxes`` stay the Haar track (SyncNet's
+   crops). Otherwise the Haar box below is used.
+1. ``"haar-face"``: OpenCV's frontal-face Haar cascade (``mf.face.haar_face_cascade``, shipped with
    opencv-python-headless, nothing downloaded). It runs on up to ``MAX_DETECTIONS`` evenly spaced
    frames, downscaled so the long side is ~320 px (upscaled for tiny frames such as the 64 px
    corpus). Per frame the largest face is kept; detections far from the median face (false positives
@@ -28,14 +34,14 @@ Localizers, tried in this order; the one used is reported (``MouthTrack.localize
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
 from scipy.ndimage import median_filter, uniform_filter
 from scipy.signal import butter, sosfiltfilt
+
+from mf.face import haar_face_cascade
 
 MAX_DETECTIONS = 40  # frames the cascade runs on (cost ~10-40 ms each at 320 px)
 PROBE_DETECTIONS = 8  # frames tried first; no face in any of them -> no further detection
@@ -47,7 +53,9 @@ MOUTH_Y = (0.62, 1.0)
 # Fallback mouth box size as a fraction of the frame (a frontal head fills most of a talking-head frame).
 FALLBACK_W, FALLBACK_H = 0.30, 0.22
 HEAD_STILL = 0.25  # face-centre travel (fraction of face width) below which the face box is fixed
-LOCALIZERS = ("haar-face", "motion-fallback", "centre-fallback")
+MIN_MESH_RATE = 0.8  # fraction of frames with landmarks needed for the "face-mesh" localizer
+MOUTH_MARGIN = 0.25  # the landmark mouth box is widened by this fraction of its size on every side
+LOCALIZERS = ("face-mesh", "haar-face", "motion-fallback", "centre-fallback")
 
 
 @dataclass
@@ -58,19 +66,12 @@ class MouthTrack:
     face_boxes: np.ndarray | None  # float [T, 4] face boxes (x, y, w, h) when a face detector was used
     localizer: str  # one of LOCALIZERS
     detection_rate: float  # fraction of sampled frames where the cascade found a face
+    opening: np.ndarray | None = None  # float [T] mouth opening (eval.landmarks) for "face-mesh"
+    mesh_rate: float = 0.0  # fraction of frames where the landmarks were found
 
     def median_box(self) -> tuple[int, int, int, int]:
         """The clip's typical mouth box (x0, y0, x1, y1), as reported in SyncResult.mouth_box."""
         return tuple(int(v) for v in np.median(self.boxes, axis=0).round())
-
-
-@lru_cache(maxsize=1)
-def _face_cascade() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():  # a broken OpenCV install, not a user error
-        raise RuntimeError(f"OpenCV's face cascade could not be loaded from {path}")
-    return cascade
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def detect_faces(frames: np.ndarray, max_detections: int = MAX_DETECTIONS) -> tu
     frames = _check_frames(frames)
     t, h, w = frames.shape[:3]
     scale = DETECT_SIDE / max(h, w)
-    cascade = _face_cascade()
+    cascade = haar_face_cascade()
     sampled = np.unique(np.linspace(0, t - 1, min(t, max_detections)).round().astype(int))
     min_side = max(24, int(0.15 * min(h, w) * scale))
     # Probe a few evenly spaced frames first: when none of them shows a face (a cartoon character,
@@ -193,14 +194,47 @@ def _motion_box(frames: np.ndarray, fps: float) -> np.ndarray | None:
     return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
 
 
-def locate_mouth(frames: np.ndarray, fps: float = 25.0) -> MouthTrack:
-    """Mouth box per frame of ``frames`` (uint8 [T, H, W, 3]) and which localizer found it."""
+def _fill(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation over the NaN entries of each column of ``x`` (float [T] or [T, k])."""
+    x = np.array(x, dtype=np.float64)
+    cols = x.reshape(len(x), -1)
+    ok = np.isfinite(cols[:, 0])
+    t = np.arange(len(x))
+    for j in range(cols.shape[1]):
+        cols[:, j] = np.interp(t, t[ok], cols[ok, j])
+    return cols.reshape(x.shape)
+
+
+def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: float) -> MouthTrack | None:
+    """"face-mesh" track from the landmarks (eval.landmarks), or None when too few frames have them."""
+    from eval.landmarks import mouth_opening, track_face_mesh
+
+    mesh = track_face_mesh(frames, face)
+    found = mesh.found
+    if found.mean() < MIN_MESH_RATE:
+        return None
+    mouth = _fill(mesh.mouth_boxes())
+    pad = MOUTH_MARGIN * (mouth[:, 2:] - mouth[:, :2])
+    mouth = np.concatenate([mouth[:, :2] - pad, mouth[:, 2:] + pad], axis=1)
+    # face_boxes stay the Haar track: SyncNet's face crops (eval.syncnet) are framed like its detector's boxes.
+    return MouthTrack(_clip_boxes(mouth, h, w), face, "face-mesh", rate,
+                      opening=_fill(mouth_opening(mesh)), mesh_rate=float(found.mean()))
+
+
+def locate_mouth(frames: np.ndarray, fps: float = 25.0, use_landmarks: bool = True) -> MouthTrack:
+    """Mouth box per frame of ``frames`` (uint8 [T, H, W, 3]) and which localizer found it.
+
+    ``use_landmarks=False`` stops at the Haar box (the localizer before landmarks, for comparisons).
+    """
     frames = _check_frames(frames)
     t, h, w = frames.shape[:3]
     idx, boxes, n_sampled = detect_faces(frames)
     rate = len(idx) / max(1, n_sampled)
     if rate >= MIN_DETECTION_RATE:
         face = _face_track(t, idx, boxes)
+        mesh = _mesh_track(frames, face, h, w, float(rate)) if use_landmarks else None
+        if mesh is not None:
+            return mesh
         return MouthTrack(_mouth_from_face(face, h, w), face, "haar-face", float(rate))
     box = _motion_box(frames, float(fps))
     localizer = "motion-fallback"

@@ -53,7 +53,7 @@ MAX_FRAMES_PER_CLIP = 16
 WHOLE_CLIP_SLACK = 0.1  # seconds
 FRAME_BUDGET_PER_SET = 200
 CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_prominence",
-             "sync_flag", "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
+             "sync_flag", "sync_uncertain", "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
 # Per-clip numbers that get per-window versions and medians/means in the summary.
 WINDOW_KEYS = ("sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "estoi")
 
@@ -159,12 +159,15 @@ def _sync_fn():
 
 
 def _sync_fields(estimate_sync, frames, audio):
+    """Sync columns of a row. An uncertain estimate (eval.sync: any flag) gives no offset (NaN) and
+    sync_uncertain True, with the reason in sync_flag; confidence and prominence are kept as evidence."""
     res = estimate_sync(frames, FPS, audio, SAMPLE_RATE)
-    measured = math.isfinite(float(res.confidence))  # no curve (too short / silent / static): no offset
+    uncertain = bool(res.uncertain)
+    measured = math.isfinite(float(res.confidence)) and not uncertain
     return {"sync_offset_frames": int(res.offset_frames) if measured else math.nan,
             "sync_offset_ms": float(res.offset_ms) if measured else math.nan,
             "sync_confidence": float(res.confidence), "sync_prominence": float(res.prominence),
-            "sync_flag": res.flag or ""}
+            "sync_flag": res.flag or "", "sync_uncertain": uncertain}
 
 
 @contextmanager

@@ -9,43 +9,58 @@ Sign convention (as SyncNet and the whole project): a POSITIVE offset means the 
 (the sound of a mouth movement comes before the picture of it). ``offset_ms = offset_frames * 1000 / fps``.
 
 Method of the weight-free estimator
-1. Audio: downmix, resample to 16 kHz, band-pass to the speech band (300-3000 Hz, 4th-order
-   Butterworth, zero phase), and take the log energy of each video frame's span of samples,
-   floored at 1e-3 x the median frame energy so silences and
-   zero padding do not dominate: a loudness envelope at the video frame rate.
+1. Audio: downmix, resample to 16 kHz, band-pass to the speech band (300-3000 Hz; 1500-4000 Hz when
+   the mouth opening comes from landmarks: on the tuning clips the in-sync readings moved from
+   +1/+13/+2/+5/-1 to +1/+13/+1/-1/-1 frames; 4th-order Butterworth, zero phase), and take the log
+   energy of each video frame's span of samples, floored at 1e-3 x the median frame energy so silences
+   and zero padding do not dominate: a loudness envelope at the video frame rate.
    Each frame's window is centred on the frame's instant i / fps: [(i - 0.5) / fps, (i + 0.5) / fps).
-2. Video: a mouth box per frame from ``eval.mouth.locate_mouth`` (Haar face -> lower-middle of the face,
-   or a motion-energy fallback for cartoon characters; ``localizer`` says which). The 32x24
-   grayscale mouth patches are reduced to their first principal component over time: the dominant
-   way the mouth region changes, which for a talking head is the mouth opening and closing. Its sign
-   is fixed so that it grows when the region gets darker (an open mouth shows the dark oral
-   cavity), so "mouth open" and "loud" should correlate positively.
-3. Both signals are band-passed to the syllable rate (1-8 Hz, 2nd-order Butterworth, zero phase, so
-   neither is delayed) and the Pearson correlation is computed over the overlapping frames for every
-   lag k in [-max_shift, max_shift]: curve[k] = corr(audio[n], mouth[n + k]); a peak at k > 0 means
-   the audio at frame n matches the mouth at the later frame n + k, i.e. audio leads.
+2. Video: a mouth per frame from ``eval.mouth.locate_mouth`` (``localizer`` says which way):
+   "face-mesh" (a real face: Haar face box, then MediaPipe's 468 facial landmarks, ``eval.landmarks``):
+   the mouth signal is the mouth OPENING, inner-lip gap / outer-eye-corner distance.
+   Otherwise ("haar-face" when the landmarks fail, "motion-fallback"/"centre-fallback" for cartoon
+   characters, whose faces the Haar cascade does not find) the 32x24 grayscale mouth patches are
+   reduced to their first principal component over time, signed to grow as the region darkens (an
+   open mouth shows the dark oral cavity), so "mouth open" and "loud" correlate positively.
+3. Both signals are band-passed (2nd-order Butterworth, zero phase, so neither is delayed): to the
+   syllable rate 1-8 Hz, or 0.5-6 Hz for the landmark opening (measured on the tuning clips: 48 vs 33
+   of 105 imposed shifts within 1 frame). The Pearson correlation is computed for every lag k in
+   [-max_shift, max_shift]: curve[k] = corr(audio[n], mouth[n + k]); a peak at k > 0 means the audio at
+   frame n matches the mouth at the later frame n + k, i.e. audio leads.
+   Voice-activity gate: only audio frames that are voiced vote (pairs whose audio frame n is silent
+   are left out of every lag's correlation). Voiced = log envelope above p10 + VAD_FRACTION x
+   (p97 - p10) of the clip, widened by VAD_SPREAD frames either side (lips move before the sound
+   starts); a clip whose envelope spans less than VAD_MIN_RANGE has no pauses and every frame votes.
+   With landmarks, the first and last MESH_EDGE frames do not vote either (filter edge transients
+   gave confident wrong peaks on the tuning clips: 48 -> 56 of 105 within 1 frame without them).
    Onset term: when the mouth was found by motion (rendered characters, whose mouth signal has no
    tracking jitter), the curve is (1 - ONSET_WEIGHT) x that correlation + ONSET_WEIGHT x the same
    correlation of the frame-to-frame differences of both signals, which pins syllable onsets to the
-   frame. The plain correlation has a broad peak, and characters whose mouth opening trails the
-   loudness by ~half a frame tied between lags k and k+1: over 30 held-out corpus seeds x 21 shifts
-   the onset term took exact recovery from 96.2% to 100%. Haar-tracked (real) faces do not get it:
-   there frame differences are dominated by box jitter and compression noise (measured on the three
-   real clips: it moved 2 of 12 imposed shifts by 2-3 frames).
+   frame (over 30 held-out corpus seeds x 21 shifts it took exact recovery from 96.2% to 100%). Real
+   faces do not get it: there frame differences are dominated by tracking jitter and compression noise.
 4. offset = argmax of the curve (positive correlation only: an anti-correlated peak is not sync).
-   confidence = peak - median of the curve, in correlation units (the analogue of SyncNet's LSE-C,
-   "median minus min distance"): measured 0.30-0.35 for the in-sync 5 s real clips and 0.5-0.7 on 8 s
-   corpus clips; audio from another clip gave 0.14-0.29 on the real clips. ``peak_corr`` keeps the raw peak.
+   confidence = peak - median of the curve, in correlation units (the analogue of SyncNet's LSE-C).
    prominence = peak - the highest curve value more than PROMINENCE_GUARD frames from the peak
-   (floored at 0): how much the chosen lag stands out from every other candidate. Audio from another
-   speaker still correlates with a talking mouth at some lag (speech has a syllable rhythm), so its
-   peak-minus-median can stay high, but it has several similar peaks. Measured on the three real clips:
-   in-sync prominence 0.11-0.20; audio of another clip 0.02-0.13, at most 0.62 x the clip's own (its
-   confidence was up to 0.90 x).
-Flags (one string or None, most serious first): "too_short" (under MIN_SECONDS, or fewer than
-2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no
-speech-band energy), "static_video" (the mouth region never changes), "low_confidence"
-(confidence < LOW_CONFIDENCE).
+   (floored at 0): how much the chosen lag stands out from every other candidate (audio of another
+   speaker still correlates with a talking mouth at some lag, but with several similar peaks).
+   Chance level: the same search with the audio envelope (and its gate) rolled circularly by
+   N_SURROGATES lags of at least 2 * max_shift + 1 frames (audio that is in sync at no searched lag,
+   with the clip's own rhythm, length and gate); if any of those peaks reaches the clip's own peak,
+   the peak is not above chance (a permutation test at p = 1 / (N_SURROGATES + 1) = 0.05).
+   Consistency: the search is repeated on the first and on the last SPLIT_FRACTION of the clip; a real
+   offset is the same throughout a clip, a chance peak usually is not.
+Flags (one string or None, most serious first; ``uncertain`` is True whenever a flag is set, and callers
+must then not report the offset as a measurement): "too_short" (under MIN_SECONDS, or fewer than
+2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no audio
+energy), "static_video" (the mouth never changes), "too_little_speech" (under MIN_SPEECH_SECONDS
+voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at
++-max_shift, so the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE),
+"not_significant" (a rolled-audio peak reaches the clip's own peak), "inconsistent" (either part's peak
+is more than 1 frame from the whole clip's).
+Limits, measured (``python -m eval.sync_validate``, numbers in docs/ARCHITECTURE.md): on 5-15 s real
+clips the landmark opening correlates with loudness at only ~0.2-0.4, and the flags decline most
+in-sync readings (67-80% of real in-sync clips flagged); on the held-out clips some readings still
+came out confident and 2-8 frames from 0. SyncNet (user-supplied weights) is the reference for real faces.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 from scipy.signal import butter, sosfiltfilt
 
 from eval.mouth import MouthTrack, locate_mouth, mouth_crops
@@ -68,9 +84,20 @@ MIN_OVERLAP = 8  # frames of overlap needed at the largest lag before a curve is
 PROMINENCE_GUARD = 3  # frames either side of the peak that do not count as competing lags
 LOW_CONFIDENCE = 0.15  # below this peak-minus-median the offset is flagged "low_confidence"
 SPEECH_BAND_HZ = (300.0, 3000.0)
+MESH_SPEECH_BAND_HZ = (1500.0, 4000.0)  # audio band of the envelope when the mouth opening comes from landmarks
 SYLLABLE_BAND_HZ = (1.0, 8.0)
 ONSET_WEIGHT = 0.3  # share of the frame-difference correlation for motion-located mouths (step 3)
-FLAGS = ("too_short", "silent_audio", "static_video", "low_confidence")
+MESH_BAND_HZ = (0.5, 6.0)  # band of both signals when the mouth opening comes from landmarks
+MESH_EDGE = 12  # frames at either end of the clip that do not vote when the mouth comes from landmarks
+VAD_FRACTION = 0.2  # voiced: log energy above p10 + VAD_FRACTION x (p90 - p10) of the clip's envelope
+VAD_SPREAD = 5  # voiced frames are widened by this many frames either side (mouths move before sound)
+VAD_MIN_RANGE = 1.0  # p90 - p10 of the log envelope below this (4.3 dB): no silences to remove
+MIN_SPEECH_SECONDS = 1.5  # fewer voiced seconds than this: "too_little_speech"
+MIN_PROMINENCE = 0.08  # peak minus best rival lag below this: "weak_peak"
+N_SURROGATES = 19  # circularly rolled audio envelopes: the chance level of the curve's peak for this clip
+SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first and last 70% of the clip
+FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
+         "weak_peak", "not_significant", "inconsistent")
 
 
 @dataclass
@@ -90,6 +117,12 @@ class SyncResult:
     n_frames: int = 0
     prominence: float = float("nan")  # peak minus the best lag more than PROMINENCE_GUARD frames away
     extras: dict = field(default_factory=dict)  # e.g. SyncNet scores added by callers
+    voiced_seconds: float = float("nan")  # speech that voted (voice-activity gate, step 3)
+
+    @property
+    def uncertain(self) -> bool:
+        """True when the offset should not be trusted: any flag is set (the reason is ``flag``)."""
+        return self.flag is not None
 
     @property
     def lags(self) -> np.ndarray:
@@ -107,6 +140,8 @@ class SyncResult:
             "offset_ms": num(self.offset_ms),
             "confidence": num(self.confidence),
             "flag": self.flag,
+            "uncertain": bool(self.uncertain),
+            "voiced_seconds": num(self.voiced_seconds),
             "curve": [num(c) for c in np.asarray(self.curve, dtype=np.float64)],
             "lags": [int(k) for k in self.lags],
             "mouth_box": None if self.mouth_box is None else [int(v) for v in self.mouth_box],
@@ -129,10 +164,11 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
+def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float,
+                   band: tuple[float, float] = SPEECH_BAND_HZ) -> np.ndarray:
     """Speech-band log energy per video frame, float64 [n_frames] (audio padded with silence if short)."""
     audio = resample_audio(_mono(audio), int(sample_rate), SAMPLE_RATE).astype(np.float64)
-    sos = butter(4, SPEECH_BAND_HZ, btype="band", fs=SAMPLE_RATE, output="sos")
+    sos = butter(4, band, btype="band", fs=SAMPLE_RATE, output="sos")
     band = sosfiltfilt(sos, audio) if len(audio) > 64 else np.zeros_like(audio)
     # Frame i shows the face at the instant i / fps, so its audio window is centred there:
     # [(i - 0.5) / fps, (i + 0.5) / fps). (A window starting at i / fps would make the audio look half a
@@ -146,8 +182,11 @@ def audio_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps: floa
     return np.log(power + floor)
 
 
-def mouth_signal(crops: np.ndarray) -> np.ndarray:
-    """First principal component of the mouth patches over time, signed to grow as the region darkens."""
+def mouth_signal(crops: np.ndarray, track: MouthTrack | None = None) -> np.ndarray:
+    """Mouth signal: the landmark mouth opening when ``track`` has one, else the first principal component
+    of the mouth patches over time, signed to grow as the region darkens."""
+    if track is not None and track.opening is not None:
+        return np.asarray(track.opening, dtype=np.float64)
     x = crops.reshape(len(crops), -1).astype(np.float64)
     x = x - x.mean(axis=0)
     if not np.any(x):
@@ -160,24 +199,73 @@ def mouth_signal(crops: np.ndarray) -> np.ndarray:
     return pc
 
 
-def _bandpass(x: np.ndarray, fps: float) -> np.ndarray:
-    lo, hi = SYLLABLE_BAND_HZ
+def _bandpass(x: np.ndarray, fps: float, band: tuple[float, float] = SYLLABLE_BAND_HZ) -> np.ndarray:
+    lo, hi = band
     hi = min(hi, 0.45 * fps)
     sos = butter(2, [lo, hi], btype="band", fs=fps, output="sos")
     return sosfiltfilt(sos, x - x.mean())
 
 
-def lagged_correlation(audio_sig: np.ndarray, mouth_sig: np.ndarray, max_shift: int) -> np.ndarray:
-    """curve[j] = Pearson corr(audio[n], mouth[n + k]) over the overlap, k = j - max_shift."""
+def lagged_correlation(audio_sig: np.ndarray, mouth_sig: np.ndarray, max_shift: int,
+                       votes: np.ndarray | None = None) -> np.ndarray:
+    """curve[j] = Pearson corr(audio[n], mouth[n + k]) over the overlap, k = j - max_shift.
+
+    ``votes`` (bool [T], optional): only audio frames n with votes[n] take part (voice-activity gate).
+    """
     n = len(audio_sig)
     curve = np.zeros(2 * max_shift + 1)
     for j, k in enumerate(range(-max_shift, max_shift + 1)):
-        a = audio_sig[max(0, -k): n - max(0, k)]
-        v = mouth_sig[max(0, k): n - max(0, -k)]
+        idx = np.arange(max(0, -k), n - max(0, k))
+        if votes is not None:
+            idx = idx[votes[idx]]
+        a, v = audio_sig[idx], mouth_sig[idx + k]
+        if len(idx) < 2:
+            continue
         a, v = a - a.mean(), v - v.mean()
         denom = math.sqrt(float(np.dot(a, a)) * float(np.dot(v, v)))
         curve[j] = float(np.dot(a, v)) / denom if denom > 0 else 0.0
     return curve
+
+
+def voiced_frames(env: np.ndarray) -> np.ndarray:
+    """Voice-activity gate on the log envelope, bool [T] (see the module docstring, step 3)."""
+    lo, hi = np.percentile(env, [10, 97])
+    if hi - lo < VAD_MIN_RANGE:  # no pauses to remove (continuous speech, or no speech at all)
+        return np.ones(len(env), bool)
+    return binary_dilation(env > lo + VAD_FRACTION * (hi - lo), iterations=VAD_SPREAD)
+
+
+def _curve(env_bp: np.ndarray, mouth_bp: np.ndarray, votes: np.ndarray, max_shift: int, onset: bool) -> np.ndarray:
+    curve = lagged_correlation(env_bp, mouth_bp, max_shift, votes)
+    if onset:
+        # Onset term (see the module docstring, step 3): motion-located mouths of rendered characters.
+        onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift, votes[1:])
+        curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
+    return curve
+
+
+def chance_peaks(env_bp, mouth_bp, votes, max_shift, onset, n: int = N_SURROGATES) -> np.ndarray:
+    """Curve peaks with the audio envelope (and its votes) rolled circularly by n lags spread over
+    [2 * max_shift + 1, T - 2 * max_shift - 1]: audio that cannot be in sync with the mouth at any
+    searched lag, with the same rhythm, length and gate as the clip's own."""
+    t = len(env_bp)
+    lo, hi = 2 * max_shift + 1, t - 2 * max_shift - 1
+    if hi < lo:
+        return np.zeros(0)
+    rolls = np.unique(np.linspace(lo, hi, n).round().astype(int))
+    return np.array([_curve(np.roll(env_bp, r), mouth_bp, np.roll(votes, r), max_shift, onset).max() for r in rolls])
+
+
+def _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset) -> bool:
+    """The peak of the first and of the last SPLIT_FRACTION of the clip each within 1 frame of ``offset``."""
+    t = len(votes)
+    span = int(SPLIT_FRACTION * t)
+    for part in (slice(0, span), slice(t - span, t)):
+        sub = np.zeros(t, bool)
+        sub[part] = votes[part]
+        if abs(int(np.argmax(_curve(env_bp, mouth_bp, sub, max_shift, onset))) - max_shift - offset) > 1:
+            return False
+    return True
 
 
 def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
@@ -186,8 +274,9 @@ def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: i
     frames = np.asarray(frames)
     if track is None:
         track = locate_mouth(frames, fps)
-    env = audio_envelope(audio, sample_rate, len(frames), fps)
-    mouth = mouth_signal(mouth_crops(frames, track))
+    band = MESH_SPEECH_BAND_HZ if track.localizer == "face-mesh" else SPEECH_BAND_HZ
+    env = audio_envelope(audio, sample_rate, len(frames), fps, band)
+    mouth = mouth_signal(mouth_crops(frames, track), track)
     return env, mouth, track
 
 
@@ -229,22 +318,36 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     if silent or static:
         flag = "too_short" if t / fps < MIN_SECONDS else ("silent_audio" if silent else "static_video")
         return SyncResult(0, 0.0, float("nan"), flag, nan_curve, **base, peak_corr=float("nan"))
-    env_bp, mouth_bp = _bandpass(env, fps), _bandpass(mouth, fps)
-    curve = lagged_correlation(env_bp, mouth_bp, max_shift)
-    if track.localizer != "haar-face":
-        # Onset term (see the module docstring, step 3): motion-located mouths of rendered characters.
-        onsets = lagged_correlation(np.diff(env_bp), np.diff(mouth_bp), max_shift)
-        curve = (1.0 - ONSET_WEIGHT) * curve + ONSET_WEIGHT * onsets
+    mesh = track.localizer == "face-mesh"
+    band = MESH_BAND_HZ if mesh else SYLLABLE_BAND_HZ
+    env_bp, mouth_bp = _bandpass(env, fps, band), _bandpass(mouth, fps, band)
+    votes = voiced_frames(env)
+    voiced_seconds = float(votes.sum()) / fps
+    if mesh:
+        votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
+    onset = track.localizer in ("motion-fallback", "centre-fallback")
+    curve = _curve(env_bp, mouth_bp, votes, max_shift, onset)
     best = int(np.argmax(curve))
     offset = best - max_shift
     confidence = float(curve[best] - np.median(curve))
+    prominence = peak_prominence(curve)
     flag = None
     if t / fps < MIN_SECONDS:
         flag = "too_short"
+    elif voiced_seconds < MIN_SPEECH_SECONDS:
+        flag = "too_little_speech"
     elif confidence < LOW_CONFIDENCE:
         flag = "low_confidence"
+    elif abs(offset) == max_shift:  # a maximum at the end of the search range may lie beyond it
+        flag = "peak_at_edge"
+    elif prominence < MIN_PROMINENCE:
+        flag = "weak_peak"
+    elif np.any(chance_peaks(env_bp, mouth_bp, votes, max_shift, onset) >= curve[best]):
+        flag = "not_significant"
+    elif not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
+        flag = "inconsistent"
     return SyncResult(offset, offset * 1000.0 / fps, confidence, flag, curve, **base, peak_corr=float(curve[best]),
-                      prominence=peak_prominence(curve))
+                      prominence=prominence, voiced_seconds=voiced_seconds)
 
 
 def peak_prominence(curve: np.ndarray, guard: int = PROMINENCE_GUARD) -> float:

@@ -124,18 +124,6 @@ class CorpusDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 # Real footage
 
-_FACE_CASCADE = None
-
-
-def _face_detector():
-    global _FACE_CASCADE
-    if _FACE_CASCADE is None:
-        import cv2
-        _FACE_CASCADE = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
-                                                           "haarcascade_frontalface_default.xml"))
-    return _FACE_CASCADE
-
-
 def face_box(frames: np.ndarray, n_probe: int = 5) -> tuple[int, int, int] | None:
     """(x0, y0, side) of a square crop around the face, or None when no face is found.
 
@@ -144,12 +132,14 @@ def face_box(frames: np.ndarray, n_probe: int = 5) -> tuple[int, int, int] | Non
     """
     import cv2
 
+    from mf.face import haar_face_cascade
+
     T, H, W, _ = frames.shape
     boxes = []
     for i in np.linspace(0, T - 1, min(n_probe, T)).astype(int):
         gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
-        found = _face_detector().detectMultiScale(gray, scaleFactor=1.15, minNeighbors=5,
-                                                  minSize=(max(16, min(H, W) // 10),) * 2)
+        found = haar_face_cascade().detectMultiScale(gray, scaleFactor=1.15, minNeighbors=5,
+                                                     minSize=(max(16, min(H, W) // 10),) * 2)
         if len(found):
             boxes.append(max(found, key=lambda b: b[2] * b[3]))
     if not boxes:
