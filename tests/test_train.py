@@ -30,7 +30,6 @@ from mf.train.flow_matching import Pair, conditions, flow_matching_loss, unimoda
 from mf.train.latents import random_latents
 from mf.train.mutual_forcing import (
     BASELINE_E,
-    MUTUAL,
     MutualForcingConfig,
     build_history,
     make_fake_score,
