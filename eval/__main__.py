@@ -3,10 +3,13 @@
     python -m eval score --generated G [--reference R] [--metrics sync,pesq,stoi,fid,kid]
                          [--windows 0-5,5-15,15-25] [--json out.json] [--csv out.csv]
                          [--inception-weights PATH] [--frames-per-clip K] [--no-download]
+                         [--workers N] [--quiet]
     python -m eval sync clip.mp4 [--json]
 
 Exit codes: 0 scored (error rows may exist: they are in the table), 1 nothing could be scored,
-2 bad arguments or an unusable set (missing path, refused zip).
+2 bad arguments or an unusable set (missing path, refused zip). ``--workers N`` scores N pairs at once,
+each in its own process (a crash is that file's error row); progress goes to stderr, one line per
+finished pair with the elapsed time and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 
 def _fmt(x, nd=3) -> str:
@@ -64,9 +68,9 @@ def _cmd_score(args) -> int:
     try:
         windows = parse_windows(args.windows)
         report = score_sets(args.generated, args.reference, metrics=args.metrics, windows=windows,
-                            progress=_stderr_progress if not args.quiet else None,
+                            progress=_StderrProgress() if not args.quiet else None,
                             inception_weights=args.inception_weights, allow_download=not args.no_download,
-                            frames_per_clip=args.frames_per_clip)
+                            frames_per_clip=args.frames_per_clip, workers=args.workers)
     except (SetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -78,8 +82,16 @@ def _cmd_score(args) -> int:
     return 0 if report.summary["n_clips"] > 0 else 1
 
 
-def _stderr_progress(done: int, total: int, desc: str) -> None:
-    print(f"[{done}/{total}] {desc}", file=sys.stderr, flush=True)
+class _StderrProgress:
+    """``[done/total] name  elapsed, ~left`` on stderr as each pair finishes."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / max(done, 1) * (total - done)
+        print(f"[{done}/{total}] {desc}  {elapsed:.0f} s elapsed, ~{left:.0f} s left", file=sys.stderr, flush=True)
 
 
 def _cmd_sync(args) -> int:
@@ -118,6 +130,7 @@ def main(argv=None) -> int:
     s.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     s.add_argument("--no-download", action="store_true", help="never try to download Inception weights")
     s.add_argument("--frames-per-clip", type=int, default=None, help="frames sampled per clip for FID/KID")
+    s.add_argument("--workers", type=int, default=1, help="pairs scored in parallel, each in its own process")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     y = sub.add_parser("sync", help="audio-video offset of one clip (no reference needed)")
     y.add_argument("clip")

@@ -226,6 +226,24 @@ def load_set(source, *, max_zip_bytes: int | None = None, max_zip_files: int | N
     return cs
 
 
+def count_media(source) -> int:
+    """Media files a ``load_set(source)`` would collect, counted without extracting anything (zips are
+    checked with ``check_zip``; ``SetError`` as ``load_set`` would raise it)."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
+    n = 0
+    for src in (os.fspath(getattr(s, "name", s)) for s in sources):
+        if os.path.isdir(src):
+            names = [os.path.relpath(os.path.join(r, f), src) for r, _, fs in os.walk(src) for f in fs]
+        elif not os.path.exists(src):
+            raise SetError(src, "no such file or folder")
+        elif src.lower().endswith(".zip"):
+            names = [i.filename for i in check_zip(src)]
+        else:
+            names = [os.path.basename(src)]
+        n += sum(1 for name in names if not _skipped(name) and os.path.splitext(name)[1].lower() in MEDIA_EXTS)
+    return n
+
+
 def pair_sets(generated: ClipSet, reference: ClipSet | None) -> tuple[list[Pair], list[ErrorRow]]:
     """Pairs by stem (sorted by name), and error rows for names found on one side only.
 
