@@ -375,3 +375,19 @@ def test_cli_scores_with_several_workers_and_prints_progress(three_pairs, capsys
     err = capsys.readouterr().err
     assert "[3/3]" in err and "s elapsed" in err
     assert main(["score", "--generated", three_pairs[0], "--metrics", "sync", "--workers", "0"]) == 2
+
+
+def test_worker_pool_turns_a_segfault_an_exception_and_a_hang_into_results_and_keeps_going():
+    from eval.isolation import Done, Failed, WorkerPool
+
+    with WorkerPool("ctypes:string_at", 1) as pool:  # string_at(0) reads address 0: a real SIGSEGV
+        out = {r.key: r for r in pool.map([("crash", 0), ("ok", b"abc")])}
+    assert isinstance(out["crash"], Failed) and "SIGSEGV" in out["crash"].reason
+    assert isinstance(out["ok"], Done) and out["ok"].value == b"abc"
+    with WorkerPool("math:sqrt", 2) as pool:
+        out = {r.key: r for r in pool.map((i, x) for i, x in enumerate([4.0, -1.0, 9.0]))}
+    assert out[0].value == 2.0 and out[2].value == 3.0 and out[1].reason == "ValueError: math domain error"
+    with WorkerPool("time:sleep", 1, timeout_s=2.0) as pool:
+        out = {r.key: r for r in pool.map([("warm", 0.0), ("hang", 60.0), ("after", 0.0)])}
+    assert isinstance(out["warm"], Done) and isinstance(out["after"], Done)
+    assert "timed out after 2 s" in out["hang"].reason
