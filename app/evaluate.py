@@ -140,7 +140,8 @@ def summary_markdown(summary, n_gen: int, n_ref: int) -> str:
                  "|---|---|" + "---|" * len(cols)]
         for w in windows:
             label = w.get(name_key) if name_key else f"{w.get('start')}-{w.get('end')}s"
-            table.append(f"| {label} | {_fmt(w.get('n_clips', ''))} | " + " | ".join(_fmt(w.get(c)) for c in cols) + " |")
+            cells = " | ".join(_fmt(w.get(c)) for c in cols)
+            table.append(f"| {label} | {_fmt(w.get('n_clips', ''))} | {cells} |")
         lines.append("\n".join(table))
     return "\n\n".join(lines)
 

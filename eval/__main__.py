@@ -55,7 +55,8 @@ def _print_report(report) -> None:
             if w.get(f"{key}_n"):
                 parts.append(f"{key} median {_fmt(w[f'{key}_median'])}")
         if "corpus_fd" in w and w["corpus_n_frames"][0]:
-            parts.append(f"corpus-FD {_fmt(w['corpus_fd'], 2)} ({w['corpus_n_frames'][0]}/{w['corpus_n_frames'][1]} frames)")
+            n = w["corpus_n_frames"]
+            parts.append(f"corpus-FD {_fmt(w['corpus_fd'], 2)} ({n[0]}/{n[1]} frames)")
         if w.get("feature_extractor") and w["n_frames"][0]:
             parts.append(f"FID {_fmt(w['fid'], 2)}")
         print("  " + ", ".join(parts))
@@ -123,7 +124,8 @@ def main(argv=None) -> int:
     s = sub.add_parser("score", help="score a generated set (against a reference set)")
     s.add_argument("--generated", required=True, nargs="+", help="zip, folder or files")
     s.add_argument("--reference", nargs="+", default=None, help="zip, folder or files (needed for pesq/stoi/fid/kid)")
-    s.add_argument("--metrics", default=None, help="comma list of sync,pesq,stoi,fid,kid (default: all; sync only without --reference)")
+    s.add_argument("--metrics", default=None,
+                   help="comma list of sync,pesq,stoi,fid,kid (default: all; sync only without --reference)")
     s.add_argument("--windows", default="0-5,5-15,15-25", help="time windows in seconds, '' for none")
     s.add_argument("--json", default=None)
     s.add_argument("--csv", default=None)

@@ -21,17 +21,10 @@ sampled frames' features and at most ``workers`` pairs in flight, so memory does
 number of clips beyond the rows themselves. ``summary["timings_s"]`` sums per-pair stages over all
 workers (so with 2 workers they may add up to twice ``total``, the wall time).
 
-No silent wrong scores (each case is a note in the row, or an error row):
-* every file is decoded up to ``MAX_CLIP_SECONDS`` (``mf.media.MAX_UPLOAD_SECONDS``) on every decoder
-  path; a longer file is scored on its first ``MAX_CLIP_SECONDS`` and the row says so;
-* a file that decodes to less than its header declares (more than ``TRUNCATION_TOLERANCE_S`` or
-  ``TRUNCATION_FRACTION`` of it short) is called truncated or damaged in the row;
-* a generated and a reference file whose durations differ by more than ``DURATION_TOLERANCE_S`` are
-  compared (PESQ, STOI, FID frames) on their overlap only, the first ``min(durations)`` seconds, and
-  the row says so; sync, which needs no reference, uses the whole generated clip;
-* audio sampled below 16 kHz (either side) gets PESQ-wb NaN with a note (no wide-band content);
-* ``windows`` must be at most ``MAX_WINDOWS`` finite spans ``0 <= start < end <= MAX_CLIP_SECONDS``,
-  each at least ``MIN_WINDOW_SECONDS`` long; a window a clip does not reach leaves its columns empty.
+No silent wrong scores: the checks of ``eval.checks`` (decode cap on every decoder path, truncated
+files, generated/reference length mismatch scored on the overlap only, validated windows) and of
+``eval.audio_metrics`` (audio below 16 kHz gets PESQ-wb NaN) each leave a note in the row or make it an
+error row; sync, which needs no reference, uses the whole generated clip.
 
 Frame subsampling for the set-level distances: ``frames_per_clip`` evenly spaced frames per clip,
 by default ``min(16, max(2, 200 // n_clips))`` (so 50 clips use 4 frames each = 200 frames per set).
@@ -52,17 +45,18 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from eval.audio_metrics import SILENCE_PEAK, pesq_pair, stoi_pair
+from eval.checks import MAX_CLIP_SECONDS, MIN_WINDOW_SECONDS, check_windows, length_note, overlap, parse_windows
 from eval.isolation import Done, WorkerPool
 from eval.report import Report, finite, per_clip_summary, scrub_paths, window_name
 from eval.set_metrics import SET_KEYS, SetExtractors, sample_indices
 from eval.sets import ClipSet, SetEntry, load_set, pair_sets
 from mf.constants import FPS, SAMPLE_RATE
-from mf.media import MAX_UPLOAD_SECONDS, MediaError, read_av
+from mf.media import MediaError, read_av
 
 __all__ = ["METRICS", "Report", "ScoreOptions", "parse_windows", "check_windows", "score_sets", "score_pair",
            "window_name"]
@@ -70,12 +64,6 @@ __all__ = ["METRICS", "Report", "ScoreOptions", "parse_windows", "check_windows"
 METRICS = ("sync", "pesq", "stoi", "fid", "kid")
 DEFAULT_WINDOWS = ((0.0, 5.0), (5.0, 15.0), (15.0, 25.0))
 MIN_CLIP_SECONDS = 1.0  # shorter clips carry too little for sync (25 frames) or PESQ
-MIN_WINDOW_SECONDS = 1.0  # a window needs at least this much of the clip to be scored
-MAX_CLIP_SECONDS = MAX_UPLOAD_SECONDS  # decode cap per file (memory: frames are held at full resolution)
-MAX_WINDOWS = 8  # each window re-runs sync/PESQ/STOI on its span: 100 windows cost 30x a clip's scoring
-DURATION_TOLERANCE_S = 0.1  # generated vs reference; AAC frame padding alone is ~0.02-0.06 s
-TRUNCATION_TOLERANCE_S = 0.25  # decoded vs declared; with TRUNCATION_FRACTION, whichever is larger
-TRUNCATION_FRACTION = 0.05
 CLIP_TIMEOUT_S = 600.0  # one pair, both files, all metrics (a fresh worker's imports included)
 MAX_FRAMES_PER_CLIP = 16
 WHOLE_CLIP_SLACK = 0.1  # seconds
@@ -85,38 +73,6 @@ CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confi
              "sync_flag", "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
 # Per-clip numbers that get per-window versions and medians/means in the summary.
 WINDOW_KEYS = ("sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "estoi")
-
-
-def check_windows(windows) -> tuple[tuple[float, float], ...]:
-    """Validated windows: at most MAX_WINDOWS, finite, 0 <= start < end <= MAX_CLIP_SECONDS, >= MIN_WINDOW_SECONDS."""
-    windows = tuple((float(a), float(b)) for a, b in windows)
-    if len(windows) > MAX_WINDOWS:
-        raise ValueError(f"{len(windows)} windows; at most {MAX_WINDOWS} (each one re-scores its span)")
-    for a, b in windows:
-        name = f"{a:g}-{b:g}"
-        if not (math.isfinite(a) and math.isfinite(b)):
-            raise ValueError(f"bad window '{name}': bounds must be finite seconds")
-        if not 0 <= a < b:
-            raise ValueError(f"bad window '{name}': need 0 <= start < end")
-        if b > MAX_CLIP_SECONDS:
-            raise ValueError(f"bad window '{name}': ends after {MAX_CLIP_SECONDS:g} s, the most decoded of any clip")
-        if b - a < MIN_WINDOW_SECONDS:
-            raise ValueError(f"bad window '{name}': shorter than {MIN_WINDOW_SECONDS:g} s")
-    return windows
-
-
-def parse_windows(text: str) -> tuple[tuple[float, float], ...]:
-    """'0-5,5-15,15-25' -> ((0, 5), (5, 15), (15, 25)); '' -> no windows. Validated by ``check_windows``."""
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            a, b = (float(x) for x in part.split("-"))
-        except ValueError:
-            raise ValueError(f"bad window '{part}': expected start-end in seconds, e.g. 0-5") from None
-        out.append((a, b))
-    return check_windows(out)
 
 
 def _nan_row(name: str, file: str, error: str = "") -> dict:
@@ -206,18 +162,6 @@ def _inject_fault(task: PairTask) -> None:
     os.abort()
 
 
-def _length_note(entry: SetEntry, clip) -> str:
-    """The row's note when the file is longer than the cap or shorter than its header declares."""
-    declared = clip.declared_duration
-    if clip.capped:
-        total = f"; the file lasts {declared:.1f} s" if declared else ""
-        return f"{entry.display}: scored on its first {MAX_CLIP_SECONDS:g} s only (decode cap{total})"
-    if declared and declared - clip.duration > max(TRUNCATION_TOLERANCE_S, TRUNCATION_FRACTION * declared):
-        return (f"{entry.display}: truncated or damaged: decoded {clip.duration:.2f} s of the {declared:.2f} s "
-                "its header declares; scored on what decoded")
-    return ""
-
-
 def _read(entry: SetEntry, notes: list, *, need_video: bool, need_audio: bool):
     """Read one file; returns (clip, error message) and appends length notes to ``notes``."""
     if entry.kind == "audio" and need_video:
@@ -227,7 +171,7 @@ def _read(entry: SetEntry, notes: list, *, need_video: bool, need_audio: bool):
                        max_seconds=MAX_CLIP_SECONDS)
     except MediaError as exc:
         return None, f"{entry.display}: {exc.kind}: {exc.reason}"
-    note = _length_note(entry, clip)
+    note = length_note(entry.display, clip)
     if clip.duration < MIN_CLIP_SECONDS:
         return None, f"{entry.display}: too short ({clip.duration:.2f} s < {MIN_CLIP_SECONDS:g} s)" + (
             f"; {note.split(': ', 1)[1]}" if note else "")
@@ -236,24 +180,6 @@ def _read(entry: SetEntry, notes: list, *, need_video: bool, need_audio: bool):
     if note:
         notes.append(note)
     return clip, ""
-
-
-def _head(clip, seconds: float):
-    """The first ``seconds`` of a decoded clip."""
-    frames = None if clip.frames is None else clip.frames[: max(1, int(round(seconds * clip.fps)))]
-    audio = None if clip.audio is None else clip.audio[: int(round(seconds * clip.sample_rate))]
-    return replace(clip, frames=frames, audio=audio, duration=float(seconds))
-
-
-def _overlap(gen, ref, metrics, notes: list):
-    """(gen, ref) cut to their common length when the durations differ by more than the tolerance."""
-    if abs(gen.duration - ref.duration) <= DURATION_TOLERANCE_S:
-        return gen, ref
-    d = min(gen.duration, ref.duration)
-    which = "/".join(m for m in metrics if m != "sync")
-    notes.append(f"duration mismatch: generated {gen.duration:.2f} s, reference {ref.duration:.2f} s (tolerance "
-                 f"{DURATION_TOLERANCE_S:g} s): {which} scored on the overlap only, the first {d:.2f} s")
-    return _head(gen, d), _head(ref, d)
 
 
 def _audio_metrics(metrics, ref, gen, timings, s0=0, s1=None) -> tuple[dict, list[str]]:
@@ -346,7 +272,7 @@ def score_pair(task: PairTask) -> PairResult:
     notes += [sync_note] if sync_note else []
     samples = {}
     try:
-        pair = _overlap(gen, ref, metrics, notes) if ref is not None else (gen, None)
+        pair = overlap(gen, ref, metrics, notes) if ref is not None else (gen, None)
         _score_clip(row, notes, gen, pair, metrics, task.windows, estimate_sync, timings)
         if video_metrics:
             samples = {side: _samples(clip, task.frames_per_clip) for side, clip in zip(("gen", "ref"), pair)

@@ -16,7 +16,8 @@ What this module owns:
   rows ("no reference named ..."), the rest go on.
 
 File types: ``mf.media.VIDEO_EXTS`` (video containers) and ``mf.media.AUDIO_EXTS`` (audio-only files,
-which take part in PESQ/STOI only), the project's one list. Hidden files and macOS resource forks (``__MACOSX/``, ``._*``, ``.DS_Store``) are skipped
+which take part in PESQ/STOI only), the project's one list. Hidden files and macOS resource forks
+(``__MACOSX/``, ``._*``, ``.DS_Store``) are skipped
 silently; any other unsupported file gets an error row.
 """
 
@@ -132,7 +133,8 @@ def check_zip(path: str, *, max_bytes: int | None = None, max_files: int | None 
         raise UnsafeArchiveError(path, f"refused: {len(files)} files, more than the cap of {max_files}")
     total = sum(i.file_size for i in files)
     if total > max_bytes:
-        raise UnsafeArchiveError(path, f"refused: {total / 1e6:.1f} MB uncompressed, more than the cap of {max_bytes / 1e6:.1f} MB")
+        raise UnsafeArchiveError(path, f"refused: {total / 1e6:.1f} MB uncompressed, more than the cap of "
+                                       f"{max_bytes / 1e6:.1f} MB")
     return files
 
 
@@ -184,7 +186,8 @@ def _add_file(cs: ClipSet, path: str, display: str) -> None:
         return
     if stem in cs.entries:
         other = cs.entries[stem].display
-        cs.errors.append(ErrorRow(stem, display, f"{display}: duplicate name: '{other}' has the same stem; pairing is by file name, rename one"))
+        cs.errors.append(ErrorRow(stem, display, f"{display}: duplicate name: '{other}' has the same stem; "
+                                  "pairing is by file name, rename one"))
         return
     cs.entries[stem] = SetEntry(stem, path, kind, display)
 
@@ -259,5 +262,6 @@ def pair_sets(generated: ClipSet, reference: ClipSet | None) -> tuple[list[Pair]
         elif g:
             errors.append(ErrorRow(name, g.display, f"{g.display}: unpaired: no reference file named '{name}.*'"))
         else:
-            errors.append(ErrorRow(name, r.display, f"{r.display}: unpaired: reference has no generated file named '{name}.*'"))
+            errors.append(ErrorRow(name, r.display,
+                                   f"{r.display}: unpaired: reference has no generated file named '{name}.*'"))
     return pairs, errors

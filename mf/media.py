@@ -328,7 +328,8 @@ def write_mp4(
     path = os.fspath(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ValueError(f"{os.path.basename(path)}: frames must be a non-empty uint8 array [T, H, W, 3], got {frames.shape}")
+        raise ValueError(f"{os.path.basename(path)}: frames must be a non-empty uint8 array [T, H, W, 3], "
+                         f"got {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"{os.path.basename(path)}: frames must be uint8, got {frames.dtype}")
     frames = _even(frames)
