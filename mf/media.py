@@ -290,9 +290,10 @@ def _read_soundfile(path: str, max_seconds: float | None):
     return _to_mono(data), sr, int(data.shape[1]), total / float(sr), n < total
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
-    """Mono float32 audio of any audio or video file, resampled to ``sample_rate``."""
-    clip = read_av(path, sample_rate=sample_rate, need_video=False, need_audio=True)
+def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *,
+               max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 audio of any audio or video file, resampled to ``sample_rate`` (at most ``max_seconds``)."""
+    clip = read_av(path, sample_rate=sample_rate, need_video=False, need_audio=True, max_seconds=max_seconds)
     return clip.audio, clip.sample_rate
 
 

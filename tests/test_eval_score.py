@@ -241,13 +241,13 @@ def three_pairs(tmp_path_factory):
     return str(root / "gen"), str(root / "ref")
 
 
-@pytest.mark.parametrize("how, signal_name", [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
 def test_a_clip_that_crashes_its_worker_becomes_an_error_row_and_the_rest_of_the_set_is_scored(
-        three_pairs, monkeypatch, how, signal_name):
+        three_pairs, monkeypatch):
     import eval.score as score
 
-    monkeypatch.setenv(score.FAULT_ENV, f"b:{how}")
-    report = score_sets(*three_pairs, metrics=("sync", "pesq"), windows=())
+    signal_name = "SIGSEGV"  # a real segmentation fault in the worker, as the PESQ C core causes
+    monkeypatch.setenv(score.FAULT_ENV, "b:segv")
+    report = score_sets(*three_pairs, metrics=("pesq",), windows=())
     rows = {r["name"]: r for r in report.clips}
     assert "b.mp4" in rows["b"]["error"] and signal_name in rows["b"]["error"] and "crashed" in rows["b"]["error"]
     assert math.isnan(rows["b"]["pesq_wb"])
@@ -256,8 +256,8 @@ def test_a_clip_that_crashes_its_worker_becomes_an_error_row_and_the_rest_of_the
 
 
 def test_parallel_workers_give_the_rows_of_one_worker(three_pairs):
-    one = score_sets(*three_pairs, metrics=("sync", "stoi"), windows="0-1")
-    two = score_sets(*three_pairs, metrics=("sync", "stoi"), windows="0-1", workers=2)
+    one = score_sets(*three_pairs, metrics=("stoi",), windows="0-1")
+    two = score_sets(*three_pairs, metrics=("stoi",), windows="0-1", workers=2)
     # Equal up to the last bit of a float (numpy's SIMD sums depend on array alignment, which differs
     # between processes).
     for a, b in zip(one.to_dict()["clips"], two.to_dict()["clips"], strict=True):
@@ -387,6 +387,8 @@ def test_worker_pool_turns_a_segfault_an_exception_and_a_hang_into_results_and_k
     with WorkerPool("math:sqrt", 2) as pool:
         out = {r.key: r for r in pool.map((i, x) for i, x in enumerate([4.0, -1.0, 9.0]))}
     assert out[0].value == 2.0 and out[2].value == 3.0 and out[1].reason == "ValueError: math domain error"
+    with WorkerPool("os:_exit", 1) as pool:
+        assert "exited unexpectedly (exit status 3)" in next(iter(pool.map([("exit", 3)]))).reason
     with WorkerPool("time:sleep", 1, timeout_s=2.0) as pool:
         out = {r.key: r for r in pool.map([("warm", 0.0), ("hang", 60.0), ("after", 0.0)])}
     assert isinstance(out["warm"], Done) and isinstance(out["after"], Done)
