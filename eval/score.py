@@ -372,8 +372,8 @@ def _score(gen_set: ClipSet, ref_set: ClipSet | None, opts: ScoreOptions, progre
                 rows.append(res.value.row)
                 for key, v in res.value.timings.items():
                     timings[key] += v
-                with _timed(timings, "features"):
-                    for side, (frames, times) in res.value.samples.items():
+                for side, (frames, times) in res.value.samples.items():
+                    with _timed(timings, "features"):
                         ex.add(side, frames, times)
             else:
                 g, r = pair.generated, pair.reference
