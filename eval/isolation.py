@@ -78,9 +78,11 @@ class _Worker:
         self.conn = Connection(parent.detach())
         self.key = None
         self.deadline = None
+        self.pending = False  # a task was sent and its reply not read: never hand this worker on
 
     def send(self, key, task, timeout_s: float) -> None:
         self.key, self.deadline = key, time.monotonic() + timeout_s
+        self.pending = True
         self.conn.send(task)
 
     def kill(self) -> None:
@@ -167,14 +169,17 @@ class WorkerPool:
                 if nxt is None:
                     exhausted = True
                     break
-                w = free.pop() if free else self._worker()
-                if w not in self.workers:
-                    self.workers.append(w)
-                try:
-                    w.send(nxt[0], nxt[1], self.timeout_s)
-                    busy.append(w)
-                except OSError:  # died while idle: report and replace
-                    self._drop(w)
+                for attempt in (0, 1):  # a kept worker may have died while idle: then one fresh try
+                    w = free.pop() if free and attempt == 0 else self._worker()
+                    if w not in self.workers:
+                        self.workers.append(w)
+                    try:
+                        w.send(nxt[0], nxt[1], self.timeout_s)
+                        busy.append(w)
+                        break
+                    except OSError:
+                        self._drop(w)
+                else:
                     yield Failed(nxt[0], _death_reason(w.proc.returncode))
             if not busy:
                 return
@@ -192,6 +197,7 @@ class WorkerPool:
                         continue
                     busy.remove(w)
                     free.append(w)
+                    w.pending = False
                     yield Done(w.key, value) if status == "ok" else Failed(w.key, value)
                 elif time.monotonic() >= w.deadline:
                     busy.remove(w)
@@ -205,18 +211,18 @@ class WorkerPool:
             self.workers.remove(w)
 
     def close(self) -> None:
+        """Keep idle workers for the next pool (up to ``KEEP_IDLE``); stop one still holding a task."""
         for w in self.workers:
-            _give_idle(w)
+            if w.pending:
+                w.kill()
+            else:
+                _give_idle(w)
         self.workers = []
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, *_):
-        if exc_type is not None:  # interrupted mid-map: workers may hold a task; do not keep them
-            for w in self.workers:
-                w.kill()
-            self.workers = []
+    def __exit__(self, *_):
         self.close()
 
 

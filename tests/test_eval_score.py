@@ -371,7 +371,8 @@ def test_rows_name_files_never_server_paths(mixed_sets):
 def test_cli_scores_with_several_workers_and_prints_progress(three_pairs, capsys):
     from eval.__main__ import main
 
-    assert main(["score", "--generated", three_pairs[0], "--metrics", "sync", "--windows", "", "--workers", "2"]) == 0
+    assert main(["score", "--generated", three_pairs[0], "--reference", three_pairs[1], "--metrics", "stoi",
+                 "--windows", "", "--workers", "2"]) == 0
     err = capsys.readouterr().err
     assert "[3/3]" in err and "s elapsed" in err
     assert main(["score", "--generated", three_pairs[0], "--metrics", "sync", "--workers", "0"]) == 2
