@@ -1,31 +1,31 @@
 """The Evaluate tab's work: uploaded sets in, eval.score report out as table, charts and files.
 
 The eval package (``eval.score.score_sets``) does the scoring and owns the metric definitions;
-this module only prepares the uploads (copied into the request's own folder, zips left for
-``eval.sets`` to open safely), enforces the clip-count limit, forwards progress to ``gr.Progress``,
-and turns the ``Report`` into what the UI shows: a per-clip table (errors are rows, not crashes),
-a summary, plotly charts and CSV/JSON downloads. When the standard FID weights are absent, the
-report says so and this module puts that sentence above the table.
+this module only enforces the clip-count limit, hands the uploads to ``eval`` (which opens zips
+safely inside this request's own folder and removes them after scoring), forwards progress to
+``gr.Progress``, and turns the ``Report`` into what the UI shows: a per-clip table (errors are rows,
+not crashes), a summary, plotly charts and CSV/JSON downloads. When the standard FID weights are
+absent, the report says so and this module puts that sentence above the table.
+
+The app accepts exactly what ``python -m eval score`` accepts: any uploaded file goes to
+``eval.sets``, which turns an unsupported type (a .png, a .txt) into that file's error row; only a
+set that is unusable as a whole (an unreadable or unsafe zip, too many clips) refuses the request.
+Rows name uploaded files by their own names, never by where the server keeps them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import json
+import logging
 import math
 import os
-import logging
-import zipfile
 
 import pandas as pd
 
 from app import limits
 from app.runs import InputError
+from eval.sets import SetError, count_media
 
 log = logging.getLogger("mf.app")
-
-MEDIA_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".wav", ".flac"}
 
 
 def _paths(files) -> list[str]:
@@ -42,42 +42,20 @@ def _paths(files) -> list[str]:
 
 def count_clips(paths: list[str], what: str) -> int:
     """Media files in the upload (inside zips too), refusing sets over the limit before decoding."""
-    n = 0
     for p in paths:
         if not os.path.isfile(p):
             raise InputError(f"{what}: uploaded file {os.path.basename(p)} is missing on the server.")
-        ext = os.path.splitext(p)[1].lower()
-        if ext == ".zip":
-            try:
-                with zipfile.ZipFile(p) as z:
-                    n += sum(1 for name in z.namelist() if os.path.splitext(name)[1].lower() in MEDIA_EXTS
-                             and not name.startswith("__MACOSX"))
-            except zipfile.BadZipFile:
-                raise InputError(f"{what}: {os.path.basename(p)} is not a valid zip archive.") from None
-        else:
-            n += 1
+    try:
+        n = count_media(paths)
+    except SetError as exc:
+        raise InputError(f"{what}: {exc}") from None
     if n > limits.MAX_EVAL_CLIPS:
         raise InputError(f"{what}: {n} clips uploaded; the limit is {limits.MAX_EVAL_CLIPS} per set.")
     return n
 
 
-def _as_set(paths: list[str]):
-    """What eval.sets accepts: one zip/folder as a path, many files as a list."""
-    return paths[0] if len(paths) == 1 and paths[0].lower().endswith(".zip") else paths
-
-
-def _rows(clips) -> pd.DataFrame:
-    if isinstance(clips, pd.DataFrame):
-        return clips
-    rows = []
-    for c in clips or []:
-        if dataclasses.is_dataclass(c):
-            rows.append(dataclasses.asdict(c))
-        elif isinstance(c, dict):
-            rows.append(dict(c))
-        else:
-            rows.append(dict(vars(c)))
-    frame = pd.DataFrame(rows)
+def _rows(clips: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame([dict(c) for c in clips])
     for col in list(frame.columns):
         values = frame[col]
         # Arrays (sync curves and the like) belong in the JSON; all-empty columns are noise on screen.
@@ -88,29 +66,9 @@ def _rows(clips) -> pd.DataFrame:
     return frame.round(3)
 
 
-def _write(report, method: str, path: str) -> str:
-    fn = getattr(report, method)
-    try:
-        result = fn(path)
-    except TypeError:
-        result = fn()
-    if not os.path.exists(path):
-        text = result if isinstance(result, str) else json.dumps(result, indent=2, default=str)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    return path
-
-
 def _notes(report) -> list[str]:
-    notes = []
-    for source in (getattr(report, "notes", None), (getattr(report, "summary", None) or {})):
-        if isinstance(source, dict):
-            notes += [f"{k}: {v}" for k, v in source.items() if "note" in str(k).lower() and v]
-        elif isinstance(source, (list, tuple)):
-            notes += [str(x) for x in source if x]
-        elif isinstance(source, str) and source:
-            notes.append(source)
-    return notes
+    """The summary's notes (e.g. why FID was skipped), one line each."""
+    return [f"{k}: {v}" for k, v in report.summary.items() if "note" in k and v]
 
 
 PLOT_FUNCTIONS = ("offset_histogram", "pesq_distribution", "window_metrics")
@@ -182,7 +140,8 @@ def summary_markdown(summary, n_gen: int, n_ref: int) -> str:
                  "|---|---|" + "---|" * len(cols)]
         for w in windows:
             label = w.get(name_key) if name_key else f"{w.get('start')}-{w.get('end')}s"
-            table.append(f"| {label} | {_fmt(w.get('n_clips', ''))} | " + " | ".join(_fmt(w.get(c)) for c in cols) + " |")
+            cells = " | ".join(_fmt(w.get(c)) for c in cols)
+            table.append(f"| {label} | {_fmt(w.get('n_clips', ''))} | {cells} |")
         lines.append("\n".join(table))
     return "\n\n".join(lines)
 
@@ -201,26 +160,21 @@ def run_evaluation(score_sets, eval_plots, generated_files, reference_files, met
         raise InputError(f"Metrics {', '.join(needs_ref)} compare against references: upload a reference set "
                          "too, or choose only sync.")
 
-    def report_progress(done, total=1, desc=None, *_, **__):
-        progress(float(done) / max(float(total), 1.0), desc=desc or "scoring")
+    def report_progress(done, total, desc):
+        progress(float(done) / max(float(total), 1.0), desc=f"scored {done}/{total} clips ({desc})")
 
-    kwargs = dict(metrics=metrics, progress=report_progress)
-    if windows and str(windows).strip():
-        kwargs["windows"] = str(windows).strip()
-    if "allow_download" in inspect.signature(score_sets).parameters:
-        kwargs["allow_download"] = False  # never fetch weights at request time; the report says they are absent
     progress(0.0, desc="reading uploads")
     try:
-        from eval.sets import SetError
-    except ImportError:  # older eval package: only ValueError is a user error
-        SetError = ValueError  # noqa: N806
-    try:
-        report = score_sets(_as_set(gen), _as_set(ref) if ref else None, **kwargs)
+        # Weights are never fetched at request time (the report says when they are absent); zips are
+        # extracted inside this request's folder and removed when scoring ends.
+        report = score_sets(gen, ref or None, metrics=metrics, windows=str(windows or "").strip(),
+                            progress=report_progress, allow_download=False, workers=limits.EVAL_WORKERS,
+                            workdir=out_dir)
     except (SetError, ValueError) as exc:
         raise InputError(str(exc)) from None
     table = _rows(report.clips)
-    csv_path = _write(report, "to_csv", os.path.join(out_dir, "eval-report.csv"))
-    json_path = _write(report, "to_json", os.path.join(out_dir, "eval-report.json"))
+    csv_path = report.to_csv(os.path.join(out_dir, "eval-report.csv"))
+    json_path = report.to_json(os.path.join(out_dir, "eval-report.json"))
     figures = _figures(eval_plots, report)
     notes = _notes(report)
     return (summary_markdown(report.summary, n_gen, n_ref), table, *figures, [csv_path, json_path],

@@ -30,6 +30,9 @@ MAX_EVAL_CLIPS = int(os.environ.get("MF_MAX_EVAL_CLIPS", 64))
 # keep both cores busy without thrashing; the rest wait in the queue and see their position.
 GENERATION_CONCURRENCY = int(os.environ.get("MF_GENERATION_CONCURRENCY", 2))
 EVAL_CONCURRENCY = 1
+# Worker processes that score one evaluation's clips (each pair in its own process, so a crashing
+# metric library costs one row and never the server).
+EVAL_WORKERS = int(os.environ.get("MF_EVAL_WORKERS", 1))
 QUEUE_MAX_SIZE = 32
 
 

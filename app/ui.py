@@ -20,6 +20,7 @@ import numpy as np
 
 from app import limits
 from app.handlers import Handlers
+from mf.media import MEDIA_EXTS
 
 log = logging.getLogger("mf.app")
 
@@ -291,11 +292,15 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                 fid_note = _fid_note()
                 if fid_note:
                     gr.Markdown(fid_note, elem_id="fid-note")
+                gr.Markdown(f"Accepted: .zip and {' '.join(MEDIA_EXTS)}; any other file becomes its own error row. "
+                            "Progress shows as each clip is scored.")
                 with gr.Row():
-                    e_gen = gr.File(file_count="multiple", label="Generated set (zip or mp4 files)",
-                                    file_types=[".zip", ".mp4", ".mov", ".mkv", ".webm", ".wav"], elem_id="eval-gen")
+                    # No file_types filter: Gradio would refuse the whole request for one stray file, while
+                    # the CLI gives that file an error row; eval.sets decides for both.
+                    e_gen = gr.File(file_count="multiple", label="Generated set (zip or media files)",
+                                    elem_id="eval-gen")
                     e_ref = gr.File(file_count="multiple", label="Reference set (optional for sync)",
-                                    file_types=[".zip", ".mp4", ".mov", ".mkv", ".webm", ".wav"], elem_id="eval-ref")
+                                    elem_id="eval-ref")
                 with gr.Row():
                     e_metrics = gr.CheckboxGroup(handlers.metric_choices(), value=handlers.default_metrics(),
                                                  label="Metrics", elem_id="eval-metrics", scale=3)

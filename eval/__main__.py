@@ -3,10 +3,13 @@
     python -m eval score --generated G [--reference R] [--metrics sync,pesq,stoi,fid,kid]
                          [--windows 0-5,5-15,15-25] [--json out.json] [--csv out.csv]
                          [--inception-weights PATH] [--frames-per-clip K] [--no-download]
+                         [--workers N] [--quiet]
     python -m eval sync clip.mp4 [--json]
 
 Exit codes: 0 scored (error rows may exist: they are in the table), 1 nothing could be scored,
-2 bad arguments or an unusable set (missing path, refused zip).
+2 bad arguments or an unusable set (missing path, refused zip). ``--workers N`` scores N pairs at once,
+each in its own process (a crash is that file's error row); progress goes to stderr, one line per
+finished pair with the elapsed time and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 
 
 def _fmt(x, nd=3) -> str:
@@ -52,7 +56,8 @@ def _print_report(report) -> None:
             if w.get(f"{key}_n"):
                 parts.append(f"{key} median {_fmt(w[f'{key}_median'])}")
         if "corpus_fd" in w and w["corpus_n_frames"][0]:
-            parts.append(f"corpus-FD {_fmt(w['corpus_fd'], 2)} ({w['corpus_n_frames'][0]}/{w['corpus_n_frames'][1]} frames)")
+            n = w["corpus_n_frames"]
+            parts.append(f"corpus-FD {_fmt(w['corpus_fd'], 2)} ({n[0]}/{n[1]} frames)")
         if w.get("feature_extractor") and w["n_frames"][0]:
             parts.append(f"FID {_fmt(w['fid'], 2)}")
         if w.get("identity_gen_mean") is not None:  # eval.windows: identity drift and sync per window
@@ -70,9 +75,9 @@ def _cmd_score(args) -> int:
     try:
         windows = parse_windows(args.windows)
         report = score_sets(args.generated, args.reference, metrics=args.metrics, windows=windows,
-                            progress=_stderr_progress if not args.quiet else None,
+                            progress=_StderrProgress() if not args.quiet else None,
                             inception_weights=args.inception_weights, allow_download=not args.no_download,
-                            frames_per_clip=args.frames_per_clip)
+                            frames_per_clip=args.frames_per_clip, workers=args.workers)
     except (SetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -88,8 +93,16 @@ def _cmd_score(args) -> int:
     return 0 if report.summary["n_clips"] > 0 else 1
 
 
-def _stderr_progress(done: int, total: int, desc: str) -> None:
-    print(f"[{done}/{total}] {desc}", file=sys.stderr, flush=True)
+class _StderrProgress:
+    """``[done/total] name  elapsed, ~left`` on stderr as each pair finishes."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / max(done, 1) * (total - done)
+        print(f"[{done}/{total}] {desc}  {elapsed:.0f} s elapsed, ~{left:.0f} s left", file=sys.stderr, flush=True)
 
 
 def _cmd_sync(args) -> int:
@@ -125,7 +138,8 @@ def main(argv=None) -> int:
     s = sub.add_parser("score", help="score a generated set (against a reference set)")
     s.add_argument("--generated", required=True, nargs="+", help="zip, folder or files")
     s.add_argument("--reference", nargs="+", default=None, help="zip, folder or files (needed for pesq/stoi/fid/kid)")
-    s.add_argument("--metrics", default=None, help="comma list of sync,pesq,stoi,fid,kid (default: all; sync only without --reference)")
+    s.add_argument("--metrics", default=None,
+                   help="comma list of sync,pesq,stoi,fid,kid (default: all; sync only without --reference)")
     s.add_argument("--windows", default="0-5,5-15,15-25", help="time windows in seconds, '' for none")
     s.add_argument("--json", default=None)
     s.add_argument("--csv", default=None)
@@ -133,6 +147,7 @@ def main(argv=None) -> int:
     s.add_argument("--no-download", action="store_true",
                    help="never download the standard weights (Inception, SyncNet); same as MF_NO_DOWNLOAD=1")
     s.add_argument("--frames-per-clip", type=int, default=None, help="frames sampled per clip for FID/KID")
+    s.add_argument("--workers", type=int, default=1, help="pairs scored in parallel, each in its own process")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     y = sub.add_parser("sync", help="audio-video offset of one clip (no reference needed)")
     y.add_argument("clip")

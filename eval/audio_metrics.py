@@ -13,8 +13,9 @@ Rules, in order:
 3. PESQ wide-band runs at 16 kHz. PESQ narrow-band also runs on the 16 kHz signals: ITU-T P.862
    (and the ``pesq`` package's own reference values) accept narrow-band mode at 16 kHz, and doing it
    there keeps our numbers identical to the package's published ones (resampling to 8 kHz first moves
-   the peer pair's nb score from 1.607 to 1.666). Signals that are natively 8 kHz are scored nb at
-   8 kHz and wb is NaN (no wide-band content exists).
+   the peer pair's nb score from 1.607 to 1.666). Wide band needs content up to 8 kHz: when either
+   signal is (or was, before the caller resampled it: ``source_rate``) sampled below 16 kHz, wb is NaN
+   with a note; signals at 8 kHz or below are scored nb at 8 kHz.
 4. A silent reference, a silent degraded signal, a clip shorter than ``MIN_SECONDS``, or a pair in
    which PESQ finds no utterances gives NaN and a note instead of an exception.
 
@@ -97,25 +98,31 @@ def _prepare(ref, deg, sample_rate, ref_rate=None):
     return ref, deg, lag, ""
 
 
-def pesq_pair(ref: np.ndarray, deg: np.ndarray, sample_rate: int, *, ref_rate: int | None = None) -> dict:
+def pesq_pair(ref: np.ndarray, deg: np.ndarray, sample_rate: int, *, ref_rate: int | None = None,
+              source_rate: int | None = None) -> dict:
     """PESQ of ``deg`` against ``ref``: dict(pesq_wb, pesq_nb, note, lag_ms).
 
-    ``sample_rate`` is the rate of ``deg`` (and of ``ref`` unless ``ref_rate`` is given). Cases PESQ
-    cannot score give NaN with ``note`` saying why; ``note`` is "" when both scores are valid.
+    ``sample_rate`` is the rate of ``deg`` (and of ``ref`` unless ``ref_rate`` is given);
+    ``source_rate`` is the lowest rate either signal had before the caller resampled it (a file read
+    at 8 kHz and resampled to 16 kHz still has no wide band). Cases PESQ cannot score give NaN with
+    ``note`` saying why; ``note`` is "" when both scores are valid.
     """
     from pesq import BufferTooShortError, NoUtterancesError, pesq
 
     out = {"pesq_wb": math.nan, "pesq_nb": math.nan, "note": "", "lag_ms": math.nan}
-    native_8k = int(sample_rate) <= NB_NATIVE_RATE or int(ref_rate or sample_rate) <= NB_NATIVE_RATE
+    band_rate = min(int(r) for r in (sample_rate, ref_rate or sample_rate, source_rate or sample_rate))
+    native_8k = band_rate <= NB_NATIVE_RATE
     r, d, lag, note = _prepare(ref, deg, sample_rate, ref_rate)
     if r is None:
         out["note"] = note
         return out
     out["lag_ms"] = 1000.0 * lag / PESQ_RATE
     notes = []
-    modes = [("pesq_nb", NB_NATIVE_RATE, "nb")] if native_8k else [("pesq_wb", PESQ_RATE, "wb"), ("pesq_nb", PESQ_RATE, "nb")]
+    modes = [("pesq_wb", PESQ_RATE, "wb"), ("pesq_nb", PESQ_RATE, "nb")]
+    if band_rate < PESQ_RATE:
+        notes.append(f"{band_rate / 1000:g} kHz input: no wide-band PESQ (needs >= {PESQ_RATE / 1000:g} kHz audio)")
+        modes = [("pesq_nb", NB_NATIVE_RATE, "nb")] if native_8k else [("pesq_nb", PESQ_RATE, "nb")]
     if native_8k:
-        notes.append("8 kHz input: no wide-band score")
         r, d = resample_audio(r, PESQ_RATE, NB_NATIVE_RATE), resample_audio(d, PESQ_RATE, NB_NATIVE_RATE)
     for key, rate, mode in modes:
         try:

@@ -9,13 +9,15 @@ What this module owns:
 * Zip safety, before anything is written: entries with absolute paths, drive letters or ``..``
   components, symlink entries (Unix mode in ``external_attr``), more than ``MAX_ZIP_FILES`` files or
   more than ``MAX_ZIP_BYTES`` uncompressed in total make the whole archive refused with
-  ``UnsafeArchiveError``. Accepted archives are extracted into a fresh temp directory (removed by
+  ``UnsafeArchiveError``. Accepted archives are extracted into a fresh directory (inside ``workdir``
+  when given, e.g. the app's per-request folder, else the system temp dir; removed by
   ``ClipSet.cleanup()``), with a running byte count so a lying header cannot exceed the cap.
 * ``pair_sets(generated, reference)``: pairs by stem; names present on one side only become error
   rows ("no reference named ..."), the rest go on.
 
-Video containers: mp4 / mov / mkv / webm / avi. Audio-only files (wav / flac) take part in PESQ/STOI
-only. Hidden files and macOS resource forks (``__MACOSX/``, ``._*``, ``.DS_Store``) are skipped
+File types: ``mf.media.VIDEO_EXTS`` (video containers) and ``mf.media.AUDIO_EXTS`` (audio-only files,
+which take part in PESQ/STOI only), the project's one list. Hidden files and macOS resource forks
+(``__MACOSX/``, ``._*``, ``.DS_Store``) are skipped
 silently; any other unsupported file gets an error row.
 """
 
@@ -29,8 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-AUDIO_EXTS = (".wav", ".flac")
+from mf.media import AUDIO_EXTS, MEDIA_EXTS, VIDEO_EXTS
 # Caps on an uploaded archive: a generous eval set (500 clips of a few MB) fits, a zip bomb does not.
 MAX_ZIP_BYTES = 2 * 1024**3  # 2 GiB uncompressed in total
 MAX_ZIP_FILES = 500
@@ -132,15 +133,18 @@ def check_zip(path: str, *, max_bytes: int | None = None, max_files: int | None 
         raise UnsafeArchiveError(path, f"refused: {len(files)} files, more than the cap of {max_files}")
     total = sum(i.file_size for i in files)
     if total > max_bytes:
-        raise UnsafeArchiveError(path, f"refused: {total / 1e6:.1f} MB uncompressed, more than the cap of {max_bytes / 1e6:.1f} MB")
+        raise UnsafeArchiveError(path, f"refused: {total / 1e6:.1f} MB uncompressed, more than the cap of "
+                                       f"{max_bytes / 1e6:.1f} MB")
     return files
 
 
-def extract_zip(path: str, *, max_bytes: int | None = None, max_files: int | None = None) -> str:
-    """Check, then extract into a fresh temp dir; returns that dir (caller removes it)."""
+def extract_zip(path: str, *, max_bytes: int | None = None, max_files: int | None = None,
+                workdir: str | None = None) -> str:
+    """Check, then extract into a fresh dir under ``workdir`` (default: system temp); returns that dir
+    (the caller removes it)."""
     max_bytes = MAX_ZIP_BYTES if max_bytes is None else max_bytes
     files = check_zip(path, max_bytes=max_bytes, max_files=max_files)
-    out = tempfile.mkdtemp(prefix="mf_evalset_")
+    out = tempfile.mkdtemp(prefix="unzipped-", dir=workdir)
     written = 0
     try:
         with zipfile.ZipFile(path) as zf:
@@ -178,11 +182,12 @@ def _add_file(cs: ClipSet, path: str, display: str) -> None:
         kind = "audio"
     else:
         cs.errors.append(ErrorRow(stem, display, f"{display}: unsupported file type '{ext or '(none)'}' "
-                                  f"(expected {', '.join(VIDEO_EXTS + AUDIO_EXTS)})"))
+                                  f"(expected {', '.join(MEDIA_EXTS)})"))
         return
     if stem in cs.entries:
         other = cs.entries[stem].display
-        cs.errors.append(ErrorRow(stem, display, f"{display}: duplicate name: '{other}' has the same stem; pairing is by file name, rename one"))
+        cs.errors.append(ErrorRow(stem, display, f"{display}: duplicate name: '{other}' has the same stem; "
+                                  "pairing is by file name, rename one"))
         return
     cs.entries[stem] = SetEntry(stem, path, kind, display)
 
@@ -197,8 +202,12 @@ def _walk(cs: ClipSet, folder: str, prefix: str = "") -> None:
             _add_file(cs, os.path.join(root, n), os.path.join(prefix, rel) if prefix else rel)
 
 
-def load_set(source, *, max_zip_bytes: int | None = None, max_zip_files: int | None = None) -> ClipSet:
-    """Collect the files of a set. Raises ``SetError`` only for a source that is wholly unusable."""
+def load_set(source, *, max_zip_bytes: int | None = None, max_zip_files: int | None = None,
+             workdir: str | None = None) -> ClipSet:
+    """Collect the files of a set. Raises ``SetError`` only for a source that is wholly unusable.
+
+    Zips are extracted under ``workdir`` (default: the system temp dir); ``ClipSet.cleanup()`` removes them.
+    """
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
     cs = ClipSet()
     try:
@@ -209,7 +218,7 @@ def load_set(source, *, max_zip_bytes: int | None = None, max_zip_files: int | N
             elif not os.path.exists(src):
                 raise SetError(src, "no such file or folder")
             elif src.lower().endswith(".zip"):
-                out = extract_zip(src, max_bytes=max_zip_bytes, max_files=max_zip_files)
+                out = extract_zip(src, max_bytes=max_zip_bytes, max_files=max_zip_files, workdir=workdir)
                 cs.temp_dirs.append(out)
                 _walk(cs, out, prefix=os.path.basename(src))
             else:
@@ -218,6 +227,24 @@ def load_set(source, *, max_zip_bytes: int | None = None, max_zip_files: int | N
         cs.cleanup()
         raise
     return cs
+
+
+def count_media(source) -> int:
+    """Media files a ``load_set(source)`` would collect, counted without extracting anything (zips are
+    checked with ``check_zip``; ``SetError`` as ``load_set`` would raise it)."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
+    n = 0
+    for src in (os.fspath(getattr(s, "name", s)) for s in sources):
+        if os.path.isdir(src):
+            names = [os.path.relpath(os.path.join(r, f), src) for r, _, fs in os.walk(src) for f in fs]
+        elif not os.path.exists(src):
+            raise SetError(src, "no such file or folder")
+        elif src.lower().endswith(".zip"):
+            names = [i.filename for i in check_zip(src)]
+        else:
+            names = [os.path.basename(src)]
+        n += sum(1 for name in names if not _skipped(name) and os.path.splitext(name)[1].lower() in MEDIA_EXTS)
+    return n
 
 
 def pair_sets(generated: ClipSet, reference: ClipSet | None) -> tuple[list[Pair], list[ErrorRow]]:
@@ -235,5 +262,6 @@ def pair_sets(generated: ClipSet, reference: ClipSet | None) -> tuple[list[Pair]
         elif g:
             errors.append(ErrorRow(name, g.display, f"{g.display}: unpaired: no reference file named '{name}.*'"))
         else:
-            errors.append(ErrorRow(name, r.display, f"{r.display}: unpaired: reference has no generated file named '{name}.*'"))
+            errors.append(ErrorRow(name, r.display,
+                                   f"{r.display}: unpaired: reference has no generated file named '{name}.*'"))
     return pairs, errors

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eval.identity import drift_ratio
+from eval.report import window_name
 
 SYNC_TOLERANCE_MS = 40.0
 CSV_KEYS = ("window", "start", "end", "n_clips", "frames_per_window", "corpus_fd", "corpus_kid_mean", "corpus_kid_std",
@@ -55,10 +56,6 @@ class WindowSample:
     sync_offset_ms: float = math.nan          # sync offset of the generated clip inside the window
 
 
-def window_name(window) -> str:
-    return f"{window[0]:g}-{window[1]:g}s"
-
-
 def window_frame_indices(window, n_frames: int, fps: float, per_window: int | None = None) -> np.ndarray:
     """Frame indices of a clip of ``n_frames`` that lie in ``[start, end)`` seconds (frame i at i / fps);
     ``per_window`` evenly spaced ones among them when given (all of them otherwise)."""
@@ -70,40 +67,69 @@ def window_frame_indices(window, n_frames: int, fps: float, per_window: int | No
     return idx
 
 
-def clip_window_samples(row: dict, gen, ref, windows, corpus_extractor, inception_extractor=None, *,
-                        per_window: int = 16, fps: float = 25.0) -> dict:
-    """``eval.score``'s per-clip input to ``summarize_windows``: for each window the clip reaches (at
-    least a second of it), ``per_window`` evenly spaced frames of the generated clip ``gen`` and of the
-    reference clip ``ref`` (``mf.media.AVClip``; ref may be None), their features, the identity drift
-    of both against the clip's reference frame (frame 0 of the real clip, or of the generated clip when
-    there is no real one) and the window's sync offset already in ``row`` (``sync_offset_ms@<window>``,
-    or the clip's own offset when the window covers the whole clip)."""
-    from eval.identity import feature_distances
+@dataclass
+class WindowFrames:
+    """The frames one clip contributes to one window (picked in the scoring worker; plain arrays, so
+    they cross the process boundary): ``per_window`` evenly spaced generated and real frames, the
+    clip's anchor frame for identity drift, and the window's sync offset."""
 
+    gen_frames: np.ndarray
+    ref_frames: np.ndarray | None
+    anchor: np.ndarray
+    sync_offset_ms: float = math.nan
+
+
+def clip_window_frames(row: dict, gen, ref, windows, *, per_window: int = 16, fps: float = 25.0) -> dict:
+    """For each window the clip reaches (at least a second of it): ``per_window`` evenly spaced frames
+    of the generated clip ``gen`` and of the reference clip ``ref`` (``mf.media.AVClip``; ref may be
+    None), the anchor of identity drift (frame 0 of the real clip, or of the generated clip when there
+    is no real one) and the window's sync offset already in ``row`` (``sync_offset_ms@<window>``, or
+    the clip's own offset when the window covers the whole clip)."""
     anchor = (ref if ref is not None and ref.frames is not None else gen).frames[0]
-    anchor_feat = corpus_extractor(anchor[None])[0]
     out = {}
     for w in windows:
         name = window_name(w)
-        gi = window_frame_indices(w, len(gen.frames), fps, per_window)
         if len(window_frame_indices(w, len(gen.frames), fps)) < fps:
             continue
-        sample = WindowSample(sync_offset_ms=float(row.get(f"sync_offset_ms@{name}", math.nan)))
-        if not math.isfinite(sample.sync_offset_ms) and w[0] <= 0 and w[1] * fps >= len(gen.frames):
-            sample.sync_offset_ms = float(row.get("sync_offset_ms", math.nan))
-        sample.gen_features = corpus_extractor(gen.frames[gi])
-        sample.gen_identity = float(feature_distances(sample.gen_features, anchor_feat).mean())
-        if inception_extractor is not None:
-            sample.gen_inception = inception_extractor(gen.frames[gi])
+        offset = float(row.get(f"sync_offset_ms@{name}", math.nan))
+        if not math.isfinite(offset) and w[0] <= 0 and w[1] * fps >= len(gen.frames):
+            offset = float(row.get("sync_offset_ms", math.nan))
+        ref_frames = None
         if ref is not None and ref.frames is not None:
             ri = window_frame_indices(w, len(ref.frames), fps, per_window)
-            if len(ri):
-                sample.ref_features = corpus_extractor(ref.frames[ri])
-                sample.ref_identity = float(feature_distances(sample.ref_features, anchor_feat).mean())
-                if inception_extractor is not None:
-                    sample.ref_inception = inception_extractor(ref.frames[ri])
+            ref_frames = ref.frames[ri] if len(ri) else None
+        out[name] = WindowFrames(gen.frames[window_frame_indices(w, len(gen.frames), fps, per_window)], ref_frames,
+                                 anchor, offset)
+    return out
+
+
+def window_samples(frames: dict, corpus_extractor, inception_extractor=None) -> dict:
+    """``summarize_windows``' per-clip input from ``clip_window_frames``' output: features of each
+    window's frames and the identity drift of both sides against the anchor."""
+    from eval.identity import feature_distances
+
+    out = {}
+    for name, wf in frames.items():
+        anchor_feat = corpus_extractor(wf.anchor[None])[0]
+        sample = WindowSample(sync_offset_ms=wf.sync_offset_ms)
+        sample.gen_features = corpus_extractor(wf.gen_frames)
+        sample.gen_identity = float(feature_distances(sample.gen_features, anchor_feat).mean())
+        if inception_extractor is not None:
+            sample.gen_inception = inception_extractor(wf.gen_frames)
+        if wf.ref_frames is not None:
+            sample.ref_features = corpus_extractor(wf.ref_frames)
+            sample.ref_identity = float(feature_distances(sample.ref_features, anchor_feat).mean())
+            if inception_extractor is not None:
+                sample.ref_inception = inception_extractor(wf.ref_frames)
         out[name] = sample
     return out
+
+
+def clip_window_samples(row: dict, gen, ref, windows, corpus_extractor, inception_extractor=None, *,
+                        per_window: int = 16, fps: float = 25.0) -> dict:
+    """``clip_window_frames`` then ``window_samples`` in one process."""
+    return window_samples(clip_window_frames(row, gen, ref, windows, per_window=per_window, fps=fps),
+                          corpus_extractor, inception_extractor)
 
 
 def _pool(samples, name: str, field: str) -> np.ndarray | None:
@@ -206,6 +232,9 @@ __all__ = [
     "SYNC_TOLERANCE_MS",
     "WindowSample",
     "clip_window_samples",
+    "clip_window_frames",
+    "window_samples",
+    "WindowFrames",
     "summarize_windows",
     "window_frame_indices",
     "window_name",

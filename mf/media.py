@@ -9,7 +9,15 @@ so every caller gets the same resampling rules and the same typed errors:
   polyphase filter to ``sample_rate``; the source rates and duration are reported beside them.
 * ``write_mp4`` writes H.264 (yuv420p) + AAC in one pass (a 5 s 64x64 clip takes ~0.1 s);
   ``write_wav`` writes PCM16.
-* Bad files raise a ``MediaError`` subclass whose message names the file and the reason.
+* Bad files raise a ``MediaError`` subclass whose message names the file (base name only, never the
+  folder it sits in) and the reason.
+* ``VIDEO_EXTS`` / ``AUDIO_EXTS`` / ``MEDIA_EXTS`` are the one list of file types the project reads; every
+  consumer (corpus folders, eval sets, the app's upload boxes) imports them from here.
+* Length cap: ``max_seconds`` stops every decoder path (PyAV for containers, soundfile for wav/flac/...)
+  after that many seconds, so an upload can never make a reader hold more; ``MAX_UPLOAD_SECONDS`` is
+  the cap for user uploads. ``AVClip.capped`` says the file was longer than what was decoded, and
+  ``AVClip.declared_duration`` is what the file's header promises, so callers can tell a truncated or
+  damaged file (decoded much less than declared) from a short one.
 """
 
 from __future__ import annotations
@@ -27,8 +35,13 @@ from scipy.signal import resample_poly
 
 from mf.constants import FPS, SAMPLE_RATE
 
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 # Audio containers soundfile reads sample-exactly (no codec delay, no float round trip).
-_SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+MEDIA_EXTS = VIDEO_EXTS + AUDIO_EXTS
+# Seconds decoded at most from one uploaded file (frames are held at full resolution: 60 s of 512x512
+# video at 25 fps is 1.2 GB of uint8).
+MAX_UPLOAD_SECONDS = 60.0
 
 
 class MediaError(Exception):
@@ -38,8 +51,9 @@ class MediaError(Exception):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{os.path.basename(self.path)}: {self.kind}: {reason}")
+        # FFmpeg and libsndfile quote the full path in their messages; users see the file name only.
+        self.reason = reason.replace(self.path, os.path.basename(self.path))
+        super().__init__(f"{os.path.basename(self.path)}: {self.kind}: {self.reason}")
 
 
 class NotMediaError(MediaError):
@@ -75,6 +89,8 @@ class AVClip:
     source_channels: int | None
     duration: float  # seconds
     path: str
+    declared_duration: float | None = None  # seconds the file's header declares (None: it says nothing)
+    capped: bool = False  # True when decoding stopped at max_seconds before the end of the file
 
     @property
     def n_frames(self) -> int:
@@ -122,10 +138,12 @@ def _decode_video(path: str, container, stream, fps: float, max_seconds: float |
     # One reformatter for the whole stream keeps its swscale context: frame.to_ndarray(format=...)
     # builds a new one per frame, measured 25x slower (2 ms per 64x64 frame), same pixels.
     to_rgb = VideoReformatter()
+    capped = False
     try:
         for frame in container.decode(stream):
             t = frame.time if frame.time is not None else len(times) / float(stream.average_rate or FPS)
             if max_seconds is not None and t >= max_seconds:
+                capped = True
                 break
             images.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
             times.append(float(t))
@@ -148,7 +166,7 @@ def _decode_video(path: str, container, stream, fps: float, max_seconds: float |
     idx = np.clip(np.searchsorted(times_arr, grid, side="right") - 1, 0, len(images) - 1)
     frames = np.stack([images[order[i]] for i in idx])
     src_fps = float(stream.average_rate) if stream.average_rate else (len(images) / span)
-    return frames, src_fps, span
+    return frames, src_fps, span, capped
 
 
 def _decode_audio(path: str, container, stream, max_seconds: float | None):
@@ -156,8 +174,12 @@ def _decode_audio(path: str, container, stream, max_seconds: float | None):
     chunks = []
     rate = stream.codec_context.sample_rate or stream.rate
     channels = stream.codec_context.channels
+    n_decoded, capped = 0, False
     try:
         for frame in container.decode(stream):
+            if max_seconds is not None and n_decoded >= max_seconds * (frame.sample_rate or rate):
+                capped = True  # stop decoding: a 10-minute sound track must not be held to be cut
+                break
             arr = frame.to_ndarray()  # planar [C, n] or packed [1, n*C]
             if frame.format.is_planar:
                 arr = arr.T
@@ -166,6 +188,7 @@ def _decode_audio(path: str, container, stream, max_seconds: float | None):
             if arr.dtype.kind == "i":
                 arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
             chunks.append(arr.astype(np.float32))
+            n_decoded += arr.shape[0]
             rate = frame.sample_rate
     except av.error.FFmpegError as exc:
         if not chunks:
@@ -179,9 +202,17 @@ def _decode_audio(path: str, container, stream, max_seconds: float | None):
         n_true = int(round(float(stream.duration * stream.time_base) * rate))
         if 0 < n_true < len(samples):
             samples = samples[:n_true]
-    if max_seconds is not None:
-        samples = samples[: int(max_seconds * rate)]
-    return _to_mono(samples), int(rate), int(channels or samples.shape[1])
+    if max_seconds is not None and len(samples) > int(max_seconds * rate):
+        samples, capped = samples[: int(max_seconds * rate)], True
+    return _to_mono(samples), int(rate), int(channels or samples.shape[1]), capped
+
+
+def _declared_duration(container) -> float | None:
+    """Seconds the container's header declares: its own duration, else its longest stream's."""
+    if container.duration:
+        return float(container.duration) / av.time_base
+    spans = [float(st.duration * st.time_base) for st in container.streams if st.duration and st.time_base]
+    return max(spans) if spans else None
 
 
 def read_av(
@@ -196,18 +227,21 @@ def read_av(
     """Read a media file into frames at ``fps`` and mono audio at ``sample_rate``.
 
     ``need_video``/``need_audio`` decide whether a missing stream is an error; a stream that is not
-    needed is still decoded when present. ``max_seconds`` caps what is decoded (huge uploads).
+    needed is still decoded when present. ``max_seconds`` caps what is decoded, on every path (huge
+    uploads); ``capped`` in the result says it cut something.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext in _SOUNDFILE_EXTS and not need_video:
-        audio, sr, channels, duration = _read_soundfile(path)
+    if ext in AUDIO_EXTS and not need_video:
+        audio, sr, channels, declared, capped = _read_soundfile(path, max_seconds)
         if need_audio and audio.size == 0:
             raise ZeroDurationError(path, "the audio file has no samples")
         return AVClip(None, resample_audio(audio, sr, sample_rate), float(fps), int(sample_rate),
-                      None, sr, channels, duration, path)
+                      None, sr, channels, audio.shape[0] / float(sr), path, declared, capped)
     container = _open(path)
+    capped = False
     try:
+        declared = _declared_duration(container)
         vstreams, astreams = container.streams.video, container.streams.audio
         if not vstreams and not astreams:
             # What an encoder that crashed before its first frame leaves behind: a valid header, no media.
@@ -220,12 +254,13 @@ def read_av(
         audio = src_rate = channels = None
         duration = 0.0
         if vstreams:
-            frames, src_fps, vdur = _decode_video(path, container, vstreams[0], float(fps), max_seconds)
+            frames, src_fps, vdur, capped = _decode_video(path, container, vstreams[0], float(fps), max_seconds)
             duration = vdur
             container.seek(0)
         if astreams:
             try:
-                raw, src_rate, channels = _decode_audio(path, container, astreams[0], max_seconds)
+                raw, src_rate, channels, a_capped = _decode_audio(path, container, astreams[0], max_seconds)
+                capped = capped or a_capped
             except (ZeroDurationError, UnsupportedCodecError):
                 if need_audio:
                     raise
@@ -237,20 +272,28 @@ def read_av(
         container.close()
     if duration <= 0:
         raise ZeroDurationError(path, "the streams have zero duration")
-    return AVClip(frames, audio, float(fps), int(sample_rate), src_fps, src_rate, channels, float(duration), path)
+    return AVClip(frames, audio, float(fps), int(sample_rate), src_fps, src_rate, channels, float(duration), path,
+                  declared, capped)
 
 
-def _read_soundfile(path: str):
+def _read_soundfile(path: str, max_seconds: float | None):
+    """(mono audio, rate, channels, declared seconds, capped); reads at most ``max_seconds``."""
+    if not os.path.exists(path):
+        raise NotMediaError(path, "file does not exist")
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        with sf.SoundFile(path) as f:
+            sr, total = int(f.samplerate), int(f.frames)
+            n = total if max_seconds is None else min(total, int(max_seconds * sr))
+            data = f.read(n, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise NotMediaError(path, f"cannot read audio ({exc})") from exc
-    return _to_mono(data), int(sr), int(data.shape[1]), data.shape[0] / float(sr)
+    return _to_mono(data), sr, int(data.shape[1]), total / float(sr), n < total
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
-    """Mono float32 audio of any audio or video file, resampled to ``sample_rate``."""
-    clip = read_av(path, sample_rate=sample_rate, need_video=False, need_audio=True)
+def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *,
+               max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 audio of any audio or video file, resampled to ``sample_rate`` (at most ``max_seconds``)."""
+    clip = read_av(path, sample_rate=sample_rate, need_video=False, need_audio=True, max_seconds=max_seconds)
     return clip.audio, clip.sample_rate
 
 
@@ -286,7 +329,8 @@ def write_mp4(
     path = os.fspath(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ValueError(f"{os.path.basename(path)}: frames must be a non-empty uint8 array [T, H, W, 3], got {frames.shape}")
+        raise ValueError(f"{os.path.basename(path)}: frames must be a non-empty uint8 array [T, H, W, 3], "
+                         f"got {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"{os.path.basename(path)}: frames must be uint8, got {frames.dtype}")
     frames = _even(frames)

@@ -110,8 +110,32 @@ def test_upload_clip_limit_counts_media_inside_zips(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="3 clips uploaded; the limit is 2 per set"):
         count_clips([str(archive), str(loose)], "Generated set")
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="bad.zip is not a valid zip"):
+    with pytest.raises(InputError, match="Generated set: bad.zip: not a readable zip archive"):
         count_clips([str(tmp_path / "bad.zip")], "Generated set")
+
+
+def test_evaluate_extracts_zips_inside_the_request_folder_and_removes_them(tmp_path):
+    from app.evaluate import run_evaluation
+    from eval.score import score_sets
+
+    request = tmp_path / "evaluate-req"
+    request.mkdir()
+    archive = tmp_path / "gen.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(write_mp4(tmp_path / "a.mp4", np.zeros((30, 16, 16, 3), np.uint8), FPS), "a.mp4")
+        z.writestr("cover.png", b"\x89PNG not really")
+    seen = []
+
+    def progress(frac, desc=""):
+        seen.append(sorted(os.listdir(request)))
+
+    summary, table, *_figs, files, _notes = run_evaluation(score_sets, None, [str(archive)], None, ["sync"], "",
+                                                           str(request), progress)
+    assert any(any(n.startswith("unzipped-") for n in names) for names in seen)  # extracted in the request folder
+    assert not [n for n in os.listdir(request) if n.startswith("unzipped-")]  # and removed after scoring
+    rows = {r["name"]: r for r in table.to_dict("records")}
+    assert "unsupported file type '.png'" in rows["cover"]["error"] and rows["cover"]["file"] == "gen.zip/cover.png"
+    assert str(tmp_path) not in table.to_csv() and all(os.path.dirname(f) == str(request) for f in files)
 
 
 def test_every_request_gets_its_own_folder_and_old_ones_are_swept(tmp_path):
@@ -409,6 +433,38 @@ def test_the_example_set_is_scored_in_one_call(client):
     assert all(1.0 <= float(r[headers.index("pesq_wb")]) <= 4.7 for r in rows)
     assert offsets is not None and pesq_fig is not None and windows_fig is not None
     assert sorted(os.path.basename(f) for f in files) == ["eval-report.csv", "eval-report.json"]
+
+
+def test_evaluate_gives_stray_files_their_own_rows_and_survives_a_four_minute_reference(client, tmp_path):
+    """The issue's server killer (a ~4 min reference wav, PESQ) plus files the app used to refuse outright."""
+    import soundfile as sf
+    from gradio_client import handle_file
+
+    from mf.data import render_clip
+
+    clip = render_clip(1_000_000_100, 3.0)
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir(), ref.mkdir()
+    write_mp4(gen / "long.mp4", clip.frames, FPS, clip.audio, SAMPLE_RATE)
+    sf.write(ref / "long.wav", np.tile(clip.audio, 90), SAMPLE_RATE)  # 270 s
+    sf.write(gen / "voice.flac", clip.audio, SAMPLE_RATE)
+    sf.write(ref / "voice.flac", clip.audio, SAMPLE_RATE)
+    (gen / "cover.png").write_bytes(b"\x89PNG not really")
+    (gen / "odd.avi").write_bytes(b"not a video either")
+    gen_files = [handle_file(str(gen / n)) for n in ("long.mp4", "voice.flac", "cover.png", "odd.avi")]
+    out = client.predict(gen_files, [handle_file(str(ref / n)) for n in ("long.wav", "voice.flac")], ["pesq"], "",
+                         api_name="/evaluate")
+    table = out[1]
+    rows = {r[table["headers"].index("name")]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert set(rows) == {"long", "voice", "cover", "odd"}
+    assert 1.0 < float(rows["long"]["pesq_wb"]) <= 4.7 and "decode cap" in rows["long"]["note"]
+    assert float(rows["voice"]["pesq_wb"]) > 4.0
+    assert "cover.png: unsupported file type '.png'" in rows["cover"]["error"]
+    assert rows["odd"]["error"].startswith("odd.avi: unpaired")  # an .avi is a media type: paired, not refused
+    text = str(table)
+    assert "/tmp" not in text and "gradio" not in text and "Traceback" not in text
+    # The server is still there for the next request.
+    assert client.predict(gen_files[:1], None, ["sync"], "", api_name="/evaluate")[1]["data"]
 
 
 def test_evaluate_without_references_refuses_reference_metrics(client, tmp_path):

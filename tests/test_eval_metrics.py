@@ -293,3 +293,14 @@ def test_inception_pristine_vs_distorted_when_weights_are_installed(real_frames)
     clean = torchmetrics_fid_kid(ex(held), ex(ref))
     blurred = torchmetrics_fid_kid(ex(_distort(held, "blur")), ex(ref))
     assert clean["fid"] < blurred["fid"]
+
+
+def test_pesq_of_audio_that_was_below_16_khz_has_no_wide_band_score():
+    rng = np.random.default_rng(1)
+    speechlike = (rng.normal(size=48000) * np.sin(np.linspace(0, 60, 48000)) ** 2).astype(np.float32) * 0.3
+    for source_rate, nb_rate_note in ((8000, "8 kHz input"), (11025, "11.025 kHz input")):
+        out = pesq_pair(speechlike, speechlike, 16000, source_rate=source_rate)
+        assert math.isnan(out["pesq_wb"]) and out["pesq_nb"] > 3.5
+        assert f"{nb_rate_note}: no wide-band PESQ" in out["note"]
+    full = pesq_pair(speechlike, speechlike, 16000, source_rate=44100)
+    assert full["pesq_wb"] > 4.0 and full["note"] == ""

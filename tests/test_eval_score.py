@@ -226,3 +226,172 @@ def test_fifty_five_second_clips_all_metrics_within_three_minutes(tmp_path):
     print(f"50 clips x 5 s, all metrics: {elapsed:.1f} s, frames per set {report.summary['n_frames']}")
     assert report.summary["n_clips"] == 50 and report.summary["n_frames"] == [200, 200]
     assert elapsed <= 180.0
+
+
+# ----------------------------------------------------------------------------- real uploads (issue 16)
+@pytest.fixture(scope="module")
+def three_pairs(tmp_path_factory):
+    """gen/ and ref/ with three good 2 s pairs a, b, c."""
+    root = tmp_path_factory.mktemp("three")
+    for side in ("gen", "ref"):
+        (root / side).mkdir()
+    for i, name in enumerate("abc"):
+        c = _clip(10 + i, 2.0)
+        write_mp4(root / "ref" / f"{name}.mp4", c.frames, audio=c.audio)
+        write_mp4(root / "gen" / f"{name}.mp4", c.frames, audio=(0.7 * c.audio).astype(np.float32))
+    return str(root / "gen"), str(root / "ref")
+
+
+def test_a_clip_that_crashes_its_worker_becomes_an_error_row_and_the_rest_of_the_set_is_scored(
+        three_pairs, monkeypatch):
+    import eval.score as score
+
+    signal_name = "SIGSEGV"  # a real segmentation fault in the worker, as the PESQ C core causes
+    monkeypatch.setenv(score.FAULT_ENV, "b:segv")
+    report = score_sets(*three_pairs, metrics=("pesq",), windows=())
+    rows = {r["name"]: r for r in report.clips}
+    assert "b.mp4" in rows["b"]["error"] and signal_name in rows["b"]["error"] and "crashed" in rows["b"]["error"]
+    assert math.isnan(rows["b"]["pesq_wb"])
+    assert all(rows[n]["error"] == "" and 1.0 < rows[n]["pesq_wb"] <= 4.7 for n in "ac")
+    assert report.summary["n_clips"] == 2 and report.summary["n_errors"] == 1
+
+
+def test_parallel_workers_give_the_rows_of_one_worker(three_pairs):
+    one = score_sets(*three_pairs, metrics=("stoi",), windows="0-1")
+    two = score_sets(*three_pairs, metrics=("stoi",), windows="0-1", workers=2)
+    # Equal up to the last bit of a float (numpy's SIMD sums depend on array alignment, which differs
+    # between processes).
+    for a, b in zip(one.to_dict()["clips"], two.to_dict()["clips"], strict=True):
+        assert a.keys() == b.keys() and all(v == (pytest.approx(b[k], rel=1e-12) if isinstance(v, float) else b[k])
+                                            for k, v in a.items())
+    assert two.summary["workers"] == 2 and two.summary["n_clips"] == 3
+
+
+def _talk_audio():
+    from mf.media import read_audio
+
+    path = os.path.join(DATA, "real_av", "talk2.mp4")
+    if not os.path.isfile(path):
+        pytest.skip("../shared/data/real_av/talk2.mp4 is absent")
+    return path, read_audio(path)[0]
+
+
+def test_a_four_minute_reference_wav_no_longer_kills_the_cli_and_is_scored_on_the_overlap(tmp_path, capsys):
+    """The issue's reproduction: talk2's sound looped 100 times (8 min) as the reference of talk2.mp4."""
+    import soundfile as sf
+
+    from eval.__main__ import main
+
+    clip, audio = _talk_audio()
+    (tmp_path / "g").mkdir(), (tmp_path / "r").mkdir()
+    shutil.copy(clip, tmp_path / "g" / "x.mp4")
+    sf.write(tmp_path / "r" / "x.wav", np.tile(audio, 100), 16000)
+    out = tmp_path / "x.json"
+    assert main(["score", "--generated", str(tmp_path / "g"), "--reference", str(tmp_path / "r"), "--metrics", "pesq",
+                 "--no-download", "--windows", "", "--json", str(out), "--quiet"]) == 0
+    row = json.load(open(out))["clips"][0]
+    assert row["error"] == "" and 1.0 < row["pesq_wb"] <= 4.7
+    assert "x.wav: scored on its first 60 s only (decode cap; the file lasts 501.5 s)" in row["note"]
+    assert "duration mismatch" in row["note"] and "overlap only, the first 5.0" in row["note"]
+    assert str(tmp_path) not in row["note"]
+
+
+def test_an_mp4_cut_in_half_is_scored_with_a_note_that_it_is_truncated(tmp_path):
+    from test_media import _faststart_copy
+
+    c = _clip(3, 3.0)
+    (tmp_path / "g").mkdir(), (tmp_path / "r").mkdir()
+    write_mp4(tmp_path / "r" / "cut.mp4", c.frames, audio=c.audio)
+    data = open(_faststart_copy(tmp_path / "r" / "cut.mp4", tmp_path / "fs.mp4"), "rb").read()
+    (tmp_path / "g" / "cut.mp4").write_bytes(data[: len(data) // 2])
+    row = score_sets(str(tmp_path / "g"), str(tmp_path / "r"), metrics=("sync", "pesq"), windows=()).clips[0]
+    assert row["error"] == "" and "cut.mp4: truncated or damaged: decoded 1." in row["note"]
+    assert "of the 3.00 s its header declares" in row["note"] and "overlap only" in row["note"]
+    (tmp_path / "g" / "cut.mp4").write_bytes(data[: len(data) // 5])  # under MIN_CLIP_SECONDS: an error row
+    row = score_sets(str(tmp_path / "g"), str(tmp_path / "r"), metrics=("pesq",), windows=()).clips[0]
+    assert "too short" in row["error"] and "truncated or damaged" in row["error"], row["error"]
+
+
+def test_a_ten_minute_generated_wav_is_scored_against_a_3_s_reference_on_their_overlap(tmp_path):
+    import soundfile as sf
+
+    c = _clip(4, 3.0)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(c.audio + rng.normal(0, 0.05, c.audio.shape), -1, 1).astype(np.float32)
+    for d in ("g", "g3", "r"):
+        (tmp_path / d).mkdir()
+    write_mp4(tmp_path / "r" / "x.mp4", c.frames, audio=c.audio)
+    sf.write(tmp_path / "g" / "x.wav", np.tile(noisy, 200), 16000)  # 600 s
+    sf.write(tmp_path / "g3" / "x.wav", noisy, 16000)
+    long = score_sets(str(tmp_path / "g"), str(tmp_path / "r"), metrics=("pesq",), windows=()).clips[0]
+    short = score_sets(str(tmp_path / "g3"), str(tmp_path / "r"), metrics=("pesq",), windows=()).clips[0]
+    assert abs(long["pesq_wb"] - short["pesq_wb"]) < 0.05, (long["pesq_wb"], short["pesq_wb"])
+    assert "decode cap; the file lasts 600.0 s" in long["note"] and "the first 3.00 s" in long["note"]
+
+
+def test_an_8_khz_reference_gets_no_wide_band_pesq_and_a_note(tmp_path):
+    import soundfile as sf
+
+    from mf.media import resample_audio
+
+    c = _clip(5, 3.0)
+    (tmp_path / "g").mkdir(), (tmp_path / "r").mkdir()
+    write_mp4(tmp_path / "g" / "x.mp4", c.frames, audio=c.audio)
+    sf.write(tmp_path / "r" / "x.wav", resample_audio(c.audio, 16000, 8000), 8000)
+    row = score_sets(str(tmp_path / "g"), str(tmp_path / "r"), metrics=("pesq",), windows=()).clips[0]
+    assert math.isnan(row["pesq_wb"]) and 1.0 < row["pesq_nb"] <= 4.6
+    assert "8 kHz input: no wide-band PESQ" in row["note"]
+
+
+@pytest.mark.parametrize("text, reason", [
+    (",".join(f"{i}-{i + 1}" for i in range(9)), "at most 8"),
+    ("0-1e308", "ends after 60 s"),
+    ("0-inf", "finite"),
+    ("nan-5", "finite"),
+    ("3-2", "start < end"),
+    ("0-0.5", "shorter than 1 s"),
+])
+def test_windows_are_validated_count_finite_bounds_and_inside_the_decoded_clip(text, reason, three_pairs):
+    with pytest.raises(ValueError, match=reason):
+        parse_windows(text)
+    with pytest.raises(ValueError, match=reason):  # tuples given to the library are checked the same way
+        score_sets(three_pairs[0], None, metrics=("sync",), windows=[tuple(map(float, p.split("-")))
+                                                                        for p in text.split(",")])
+
+
+def test_rows_name_files_never_server_paths(mixed_sets):
+    from eval.report import scrub_paths
+
+    report = score_sets(*mixed_sets, metrics=("pesq",), windows=())
+    text = json.dumps(report.to_dict())
+    assert os.path.dirname(mixed_sets[0]) not in text and "corrupt.mp4" in text
+    assert scrub_paths("cannot open '/srv/tmp/gradio/ab12/x.mp4': bad") == "cannot open 'x.mp4': bad"
+    assert scrub_paths("see /a/b/c.wav, 1/2 s", {"/a/b/c.wav": "set.zip/c.wav"}) == "see set.zip/c.wav, 1/2 s"
+
+
+def test_cli_scores_with_several_workers_and_prints_progress(three_pairs, capsys):
+    from eval.__main__ import main
+
+    assert main(["score", "--generated", three_pairs[0], "--reference", three_pairs[1], "--metrics", "stoi",
+                 "--windows", "", "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "[3/3]" in err and "s elapsed" in err
+    assert main(["score", "--generated", three_pairs[0], "--metrics", "sync", "--workers", "0"]) == 2
+
+
+def test_worker_pool_turns_a_segfault_an_exception_and_a_hang_into_results_and_keeps_going():
+    from eval.isolation import Done, Failed, WorkerPool
+
+    with WorkerPool("ctypes:string_at", 1) as pool:  # string_at(0) reads address 0: a real SIGSEGV
+        out = {r.key: r for r in pool.map([("crash", 0), ("ok", b"abc")])}
+    assert isinstance(out["crash"], Failed) and "SIGSEGV" in out["crash"].reason
+    assert isinstance(out["ok"], Done) and out["ok"].value == b"abc"
+    with WorkerPool("math:sqrt", 2) as pool:
+        out = {r.key: r for r in pool.map((i, x) for i, x in enumerate([4.0, -1.0, 9.0]))}
+    assert out[0].value == 2.0 and out[2].value == 3.0 and out[1].reason == "ValueError: math domain error"
+    with WorkerPool("os:_exit", 1) as pool:
+        assert "exited unexpectedly (exit status 3)" in next(iter(pool.map([("exit", 3)]))).reason
+    with WorkerPool("time:sleep", 1, timeout_s=2.0) as pool:
+        out = {r.key: r for r in pool.map([("warm", 0.0), ("hang", 60.0), ("after", 0.0)])}
+    assert isinstance(out["warm"], Done) and isinstance(out["after"], Done)
+    assert "timed out after 2 s" in out["hang"].reason

@@ -110,3 +110,28 @@ def test_pairing_by_stem_reports_unpaired_names_on_both_sides(tmp_path):
     assert by_name["only_ref"].file == "only_ref.mkv" and "no generated file" in by_name["only_ref"].error
     alone, none = pair_sets(load_set(str(g)), None)
     assert len(alone) == 3 and none == [] and alone[0].reference is None
+
+
+def test_zips_are_extracted_inside_the_given_workdir_and_removed_with_the_set(tmp_path):
+    work = tmp_path / "request"
+    work.mkdir()
+    z = _zip(tmp_path / "gen.zip", [("a.mp4", b"1"), ("b.flac", b"2"), ("c.avi", b"3"), ("d.png", b"4")])
+    cs = load_set(z, workdir=str(work))
+    assert os.path.dirname(cs.temp_dirs[0]) == str(work) and cs.entries["a"].path.startswith(str(work))
+    assert set(cs.entries) == {"a", "b", "c"} and cs.entries["b"].kind == "audio"
+    assert [e.file for e in cs.errors] == ["gen.zip/d.png"]
+    cs.cleanup()
+    assert os.listdir(work) == []
+
+
+def test_media_counting_uses_the_one_extension_list_without_extracting(tmp_path):
+    from mf.media import MEDIA_EXTS
+
+    names = [f"clip{i}{ext}" for i, ext in enumerate(MEDIA_EXTS)]
+    z = _zip(tmp_path / "set.zip", [(n, b"x") for n in names] + [("readme.txt", b"x"), ("__MACOSX/._clip0.mp4", b"x")])
+    loose = tmp_path / "extra.MP4"
+    loose.write_bytes(b"x")
+    assert sets.count_media([z, str(loose), str(tmp_path / "set.zip")]) == 2 * len(MEDIA_EXTS) + 1
+    assert sorted(os.listdir(tmp_path)) == ["extra.MP4", "set.zip"]
+    with pytest.raises(SetError, match="no such file"):
+        sets.count_media(str(tmp_path / "absent"))

@@ -224,3 +224,58 @@ def test_aac_frame_padding_is_trimmed_to_the_stream_duration(tmp_path):
     clip = read_av(path)
     assert len(clip.audio) == n_frames * 640
     assert np.corrcoef(clip.audio[1000:-1000], audio[1000:-1000])[0, 1] > 0.9
+
+
+def _faststart_copy(src, dst):
+    """Remux with the moov atom at the front (what web tools upload): a cut file still has its header."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for pkt in i.demux():
+            if pkt.dts is not None:
+                pkt.stream = streams[pkt.stream.index]
+                o.mux(pkt)
+    return str(dst)
+
+
+def test_every_decoder_path_honours_the_length_cap(tmp_path):
+    import soundfile as sf
+
+    frames, audio = _clip(seconds=4.0)
+    long_audio = np.tile(audio, 5)  # 20 s
+    paths = [write_wav(tmp_path / "a.wav", long_audio), write_mp4(tmp_path / "v.mp4", frames, 25, audio)]
+    sf.write(tmp_path / "a.flac", long_audio, 16000)
+    paths.append(str(tmp_path / "a.flac"))
+    for path in paths:
+        for need_video in ((False, True) if path.endswith(".mp4") else (False,)):
+            clip = read_av(path, need_video=need_video, max_seconds=1.5)
+            assert clip.capped and clip.duration <= 1.5 + 1e-6 and clip.audio.shape[0] <= 1.5 * 16000, path
+            assert clip.n_frames <= round(1.5 * 25)
+            assert clip.declared_duration == pytest.approx(20.0 if "a." in path else 4.0, abs=0.1)
+    whole = read_av(paths[1])
+    assert not whole.capped and whole.declared_duration == pytest.approx(whole.duration, abs=0.05)
+
+
+def test_a_truncated_file_with_its_header_at_the_front_decodes_less_than_it_declares(tmp_path):
+    frames, audio = _clip(seconds=3.0)
+    full = _faststart_copy(write_mp4(tmp_path / "full.mp4", frames, 25, audio), tmp_path / "fs.mp4")
+    data = open(full, "rb").read()
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    clip = read_av(tmp_path / "half.mp4")
+    assert clip.declared_duration == pytest.approx(3.0, abs=0.05) and clip.duration < 2.0 and not clip.capped
+
+
+def test_media_errors_name_the_file_never_its_folder(tmp_path):
+    deep = tmp_path / "server" / "uploads"
+    deep.mkdir(parents=True)
+    for name in ("junk.mp4", "junk.wav"):
+        (deep / name).write_bytes(b"\x01" * 4000)
+        with pytest.raises(MediaError) as e:
+            read_av(deep / name, need_video=name.endswith(".mp4"))
+        assert name in str(e.value) and str(deep) not in str(e.value) and str(deep) not in e.value.reason
+
+
+def test_one_list_of_media_extensions():
+    from mf.media import AUDIO_EXTS, MEDIA_EXTS, VIDEO_EXTS
+
+    assert MEDIA_EXTS == VIDEO_EXTS + AUDIO_EXTS and {".mp4", ".avi", ".wav", ".flac"} <= set(MEDIA_EXTS)
+    assert all(e.startswith(".") and e == e.lower() for e in MEDIA_EXTS)

@@ -29,8 +29,7 @@ from mf.data.characters import CHARACTER_ATTR_DIM
 from mf.data.phonemes import UNK_ID
 from mf.data.render import MAX_SIZE, MIN_SIZE, SHIFT_MARGIN_S, n_frames_for, render_clip
 from mf.data.script import phone_ids
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+from mf.media import VIDEO_EXTS
 
 
 def _as_seeds(seeds) -> np.ndarray:
@@ -193,9 +192,9 @@ class FolderDataset(Dataset):
         self.size = int(size)
         stride = self.n_frames if stride_s is None else max(1, int(round(n_frames_for(stride_s))))
         paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
-                       if f.lower().endswith(VIDEO_EXTENSIONS))
+                       if f.lower().endswith(VIDEO_EXTS))
         if not paths:
-            raise FileNotFoundError(f"{root}: no video clips ({', '.join(VIDEO_EXTENSIONS)}) found")
+            raise FileNotFoundError(f"{root}: no video clips ({', '.join(VIDEO_EXTS)}) found")
         self.paths: list[str] = []
         self.skipped: list[tuple[str, str]] = []
         self._frames: list[np.ndarray] = []
