@@ -25,8 +25,17 @@ import numpy as np
 
 from app import limits
 from app.plots import chunk_timing_figure, trajectory_figure
-from app.runs import (InputError, RunStats, check_seconds, check_steps, check_text, join_chunks, parse_character,
-                      resolve_seed, run_generation)
+from app.runs import (
+    InputError,
+    RunStats,
+    check_seconds,
+    check_steps,
+    check_text,
+    join_chunks,
+    parse_character,
+    resolve_seed,
+    run_generation,
+)
 from app.workspace import Workspace
 from mf.constants import FPS, SAMPLE_RATE
 from mf.media import MediaError, write_mp4

@@ -14,7 +14,8 @@ json config), ``CorpusExtractor`` (any-size uint8 frames -> float64 [N, 128]), a
     python -m eval.features train [--steps 3000] [--clips 1000] [--seconds 2] [--out assets/eval]
 
 which renders held-in corpus clips (seeds below ``HELDOUT_SEED_START``), trains on CPU (20 min on
-the shared, heavily loaded 2-core box, one torch thread), reports held-out accuracy on eval seeds, and writes ``corpus_features.safetensors`` and
+the shared, heavily loaded 2-core box, one torch thread), reports held-out accuracy on eval seeds, and writes
+``corpus_features.safetensors`` and
 ``corpus_features.json``.
 
 Frames are resized to 64x64 with area averaging (an anti-aliased resize: a 700 px real frame and a
@@ -204,7 +205,8 @@ def _train(out_dir, *, steps, clips, seconds, batch_size, seed, log) -> dict:
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps:
-            log(f"step {step}/{steps} attr_mse {loss_a.item():.4f} viseme_ce {loss_v.item():.3f} ({time.time() - t0:.0f} s)")
+            log(f"step {step}/{steps} attr_mse {loss_a.item():.4f} viseme_ce {loss_v.item():.3f} "
+                f"({time.time() - t0:.0f} s)")
     net.eval()
     with torch.inference_mode():
         pa, pv = net(xev_t)
@@ -232,7 +234,8 @@ def _train(out_dir, *, steps, clips, seconds, batch_size, seed, log) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.features", description="Train the offline corpus-FD feature extractor.")
+    p = argparse.ArgumentParser(prog="python -m eval.features",
+                                description="Train the offline corpus-FD feature extractor.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="render corpus frames, train, save to assets/eval")
     t.add_argument("--out", default=ASSET_DIR)

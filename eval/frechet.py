@@ -96,7 +96,7 @@ def frechet_distance(mu1, sigma1, mu2=None, sigma2=None) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-    if not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2)) and np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu2))):
+    if not all(np.all(np.isfinite(x)) for x in (s1, s2, mu1, mu2)):
         raise ValueError("statistics contain NaN or infinity")
     r1 = _psd_sqrt(s1)
     middle = r1 @ s2 @ r1
@@ -130,7 +130,8 @@ _GRAM_CACHE_MAX = 4000
 
 
 def kernel_distance(feat_a, feat_b, *, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-                    degree: int = 3, gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> tuple[float, float]:
+                    degree: int = 3, gamma: float | None = None, coef: float = 1.0,
+                    seed: int = 0) -> tuple[float, float]:
     """KID: (mean, std) of unbiased polynomial-kernel MMD^2 over random equal-size subsets.
 
     Same estimator as torchmetrics' ``KernelInceptionDistance`` (tests check they agree). The subset
@@ -160,8 +161,8 @@ def kernel_distance(feat_a, feat_b, *, subsets: int = KID_SUBSETS, subset_size: 
             scores.append(_mmd2_from_grams(gaa[np.ix_(ia, ia)], gbb[np.ix_(ib, ib)], gab[np.ix_(ia, ib)]))
         else:
             x, y = a[ia], b[ib]
-            scores.append(_mmd2_from_grams(_poly_kernel(x, x, degree, gamma, coef), _poly_kernel(y, y, degree, gamma, coef),
-                                           _poly_kernel(x, y, degree, gamma, coef)))
+            kxx, kyy = _poly_kernel(x, x, degree, gamma, coef), _poly_kernel(y, y, degree, gamma, coef)
+            scores.append(_mmd2_from_grams(kxx, kyy, _poly_kernel(x, y, degree, gamma, coef)))
     return float(np.mean(scores)), float(np.std(scores))
 
 
@@ -280,7 +281,6 @@ class _Precomputed:
 def torchmetrics_fid_kid(feat_gen: np.ndarray, feat_ref: np.ndarray, *, seed: int = 0) -> dict:
     """FID (torchmetrics FrechetInceptionDistance on our features; ref = "real", gen = "fake") and KID."""
     import torch
-    from torchmetrics.image.fid import FrechetInceptionDistance
 
     g = torch.from_numpy(np.asarray(feat_gen, np.float64))
     r = torch.from_numpy(np.asarray(feat_ref, np.float64))

@@ -46,7 +46,8 @@ def offset_histogram(report) -> go.Figure:
     fig = go.Figure(go.Histogram(x=vals, xbins=dict(start=-15.5 * frame_ms, end=15.5 * frame_ms, size=frame_ms),
                                  name="clips", hovertemplate="%{x} ms: %{y} clips<extra></extra>"))
     fig.add_vline(x=0, line_dash="dash", line_color="gray")
-    fig.update_layout(title=title, xaxis_title="offset (ms), one bin = one video frame", yaxis_title="clips", bargap=0.05)
+    fig.update_layout(title=title, xaxis_title="offset (ms), one bin = one video frame", yaxis_title="clips",
+                      bargap=0.05)
     return fig
 
 
@@ -69,7 +70,8 @@ def window_metrics(report) -> go.Figure:
     _, summary = _parts(report)
     windows = summary.get("windows") or []
     title = "Metrics per time window"
-    series = [("sync_offset_ms_median", "sync offset median (ms)"), ("sync_confidence_median", "sync confidence median"),
+    series = [("sync_offset_ms_median", "sync offset median (ms)"),
+              ("sync_confidence_median", "sync confidence median"),
               ("pesq_wb_median", "PESQ-wb median"), ("stoi_median", "STOI median"),
               ("fid", "FID"), ("corpus_fd", "corpus-FD (not standard FID)")]
     names = [w["window"] for w in windows]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 
 from mf.media import AUDIO_EXTS, MEDIA_EXTS, VIDEO_EXTS
+
 # Caps on an uploaded archive: a generous eval set (500 clips of a few MB) fits, a zip bomb does not.
 MAX_ZIP_BYTES = 2 * 1024**3  # 2 GiB uncompressed in total
 MAX_ZIP_FILES = 500

@@ -126,7 +126,8 @@ def load_syncnet(weights_path: str | os.PathLike | None = None, device: str = "c
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds: report them as one clear message
-        raise SyncNetWeightsError(f"{os.path.basename(path)}: not a readable torch state dict ({exc.__class__.__name__}: {exc})") from exc
+        raise SyncNetWeightsError(f"{os.path.basename(path)}: not a readable torch state dict "
+                                  f"({exc.__class__.__name__}: {exc})") from exc
     if isinstance(state, nn.Module):
         state = state.state_dict()
     if not isinstance(state, dict):
@@ -210,15 +211,16 @@ def syncnet_scores(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rat
     frames = _to_25fps(np.asarray(frames), float(fps))
     audio = resample_audio(np.asarray(audio, np.float32).reshape(-1), int(sample_rate), SYNCNET_RATE)
     if track is None or len(track.boxes) != len(frames):
-        track = locate_mouth(frames, SYNCNET_FPS)
+        track = locate_mouth(frames, SYNCNET_FPS, use_landmarks=False)  # SyncNet crops the face box
     mfcc = mfcc_like_syncnet(audio)
     n_usable = min(len(frames), len(audio) // (SYNCNET_RATE // SYNCNET_FPS))
     n_windows = n_usable - VIDEO_WINDOW
     if n_windows < 1:
         raise ValueError(f"clip too short for SyncNet: {n_usable} frames, needs more than {VIDEO_WINDOW}")
-    crops = face_crops(frames[:n_usable], track if len(track.boxes) == n_usable else
-                       MouthTrack(track.boxes[:n_usable], None if track.face_boxes is None else track.face_boxes[:n_usable],
-                                  track.localizer, track.detection_rate), side=CROP_SIDE)
+    if len(track.boxes) != n_usable:
+        faces = None if track.face_boxes is None else track.face_boxes[:n_usable]
+        track = MouthTrack(track.boxes[:n_usable], faces, track.localizer, track.detection_rate)
+    crops = face_crops(frames[:n_usable], track, side=CROP_SIDE)
     video = torch.from_numpy(crops[..., ::-1].astype(np.float32).copy())  # RGB -> BGR, as cv2.imread gives
     video = video.permute(3, 0, 1, 2)  # [3, T, H, W]
     cep = torch.from_numpy(mfcc.T.copy())  # [13, F]
@@ -232,7 +234,8 @@ def syncnet_scores(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rat
     v, a = torch.cat(v_feats), torch.cat(a_feats)
     a_pad = torch.nn.functional.pad(a, (0, 0, vshift, vshift))
     # dists[i, j]: video window i against audio window i + (j - vshift).
-    dists = torch.stack([torch.nn.functional.pairwise_distance(v[i:i + 1].expand(2 * vshift + 1, -1), a_pad[i:i + 2 * vshift + 1])
+    span = 2 * vshift + 1
+    dists = torch.stack([torch.nn.functional.pairwise_distance(v[i:i + 1].expand(span, -1), a_pad[i:i + span])
                          for i in range(len(v))])
     curve = dists.mean(dim=0)
     best = int(torch.argmin(curve))

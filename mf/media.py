@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
 import soundfile as sf
+from av.video.reformatter import VideoReformatter
 from scipy.signal import resample_poly
 
 from mf.constants import FPS, SAMPLE_RATE

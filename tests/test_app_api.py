@@ -375,7 +375,7 @@ def test_four_simultaneous_users_get_their_own_results(client, server):
     assert sorted(results) == [21, 22, 23, 24]
     paths = {_video_path(r[0]) for r in results.values()}
     assert len(paths) == 4
-    for seed, (video, used, stats) in results.items():
+    for seed, (_video, used, stats) in results.items():
         assert used == seed and stats["seed"] == seed
     clips = {s: read_av(_video_path(r[0])) for s, r in results.items()}
     same = lambda a, b: np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)  # noqa: E731

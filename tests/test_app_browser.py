@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from test_app_api import REPO, shared_app_url
 
 from mf.constants import FPS, SAMPLE_RATE

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from mf.constants import FPS, SAMPLES_PER_FRAME
-from mf.data import (CHARACTER_ATTR_DIM, CorpusDataset, FolderDataset, Phone, character, phone_ids,
-                     render_clip, text_to_phones)
+from mf.data import (
+    CHARACTER_ATTR_DIM,
+    CorpusDataset,
+    FolderDataset,
+    Phone,
+    character,
+    phone_ids,
+    render_clip,
+    text_to_phones,
+)
 
 
 def test_same_seed_gives_bitwise_identical_clip():

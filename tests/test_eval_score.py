@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
+from shared_data import PESQ_PEER_HOWTO
 
 from eval.score import Report, parse_windows, score_sets
 from mf.constants import HELDOUT_SEED_START
 from mf.media import write_mp4
-from shared_data import PESQ_PEER_HOWTO
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 PEER = os.path.join(DATA, "pesq_peer")
@@ -205,7 +205,8 @@ def test_inception_path_runs_with_a_weights_file(mixed_sets, tmp_path):
     weights = _random_inception_weights(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
     report = score_sets(*mixed_sets, metrics=("fid", "kid"), windows=(), inception_weights=weights, frames_per_clip=4)
     s = report.summary
-    assert s["feature_extractor"].startswith("FID/KID (Inception-v3") and s["n_frames"] == [12, 12]  # 3 clips readable for video (audio not needed)
+    # 3 clips readable for video (audio not needed)
+    assert s["feature_extractor"].startswith("FID/KID (Inception-v3") and s["n_frames"] == [12, 12]
     assert math.isfinite(s["fid"]) and s["fid_note"] == ""
 
 

@@ -5,6 +5,7 @@ import os
 import av
 import numpy as np
 import pytest
+from shared_data import REAL_AV_HOWTO
 
 from mf.media import (
     MediaError,
@@ -19,7 +20,6 @@ from mf.media import (
     write_mp4,
     write_wav,
 )
-from shared_data import REAL_AV_HOWTO
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
 
@@ -83,7 +83,7 @@ def test_reads_common_containers_at_other_rates(tmp_path, ext, vcodec, acodec):
             out.mux(p)
         fmt = {"pcm_s16le": "s16", "flac": "s16", "libopus": "flt", "aac": "fltp"}[acodec]
         block = 960 if acodec == "libopus" else 1024
-        for i, s in enumerate(range(0, stereo.shape[1] - block + 1, block)):
+        for s in range(0, stereo.shape[1] - block + 1, block):
             piece = stereo[:, s:s + block]
             if fmt == "s16":
                 arr = (piece.T.reshape(1, -1) * 32767).astype(np.int16)

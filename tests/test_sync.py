@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from shared_data import REAL_AV_HOWTO
 
 from eval.sync import estimate_sync, sync_file
 from eval.syncnet import SyncNet, SyncNetWeightsError, load_syncnet, syncnet_scores
 from mf.media import NoAudioStreamError, read_av, write_mp4
-from shared_data import REAL_AV_HOWTO
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
 
