@@ -67,6 +67,11 @@ GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their
 _MEMO_LOCK = threading.Lock()
 
 
+def _capturing() -> bool:
+    """True while this thread captures a CUDA graph (host syncs are illegal then; see mf.graphs)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _signature_of_model_config(init):
     """Give ``init`` the signature ``(self, *, <every ModelConfig field> = its default)``.
 
@@ -257,7 +262,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         if ids.shape[1] != n_seg * config.mels_per_chunk:
             raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, "
                              f"the chunks need {n_seg * config.mels_per_chunk}")
-        if ids.numel() and not (ids.is_cuda and torch.cuda.is_current_stream_capturing()) and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
+        if ids.numel() and not _capturing() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
             raise ValueError(f"phone_ids must lie in [0, {config.n_phonemes}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")
         dropped = cond.text_dropped.view(b, 1, 1, 1)
