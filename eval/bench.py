@@ -36,7 +36,9 @@ GPU_FLOORS = {"rtf_4": 0.05, "ratio_50_over_4": 11.0}   # issue 15, tiny preset 
 # name -> generate() keyword arguments of a measured path
 VARIANTS = {"default": {}, "graph": {"graphs": True}, "eager": {"graphs": False}, "handoff": {"lookahead": "handoff"},
             "nolookahead": {"lookahead": False}, "narrow": {"wide_cache_write": False},
-            "handoff_narrow": {"lookahead": "handoff", "wide_cache_write": False}}
+            "handoff_narrow": {"lookahead": "handoff", "wide_cache_write": False},
+            # the CPU default before issue 15: hand-off look-ahead, cache write always widened
+            "handoff_wide": {"lookahead": "handoff", "wide_cache_write": True}}
 
 
 def _cpu_model() -> str:

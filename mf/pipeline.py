@@ -149,6 +149,14 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
                   device=device, dtype=dtype, notes=notes)
 
 
+def _oversubscribed() -> bool:
+    """True when the 1-minute load average exceeds the cores (other processes hold them)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
 def chunk_seed(seed: int, index: int) -> int:
     """The noise seed of chunk ``index`` of a clip generated with ``seed`` (a 63-bit integer)."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
@@ -233,9 +241,12 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     lookahead: True = a sampler thread produces chunks one ahead of the consumer, going on to the next
     chunk without waiting for it; "handoff" = the earlier scheme (the consumer hands each next chunk to
     the thread; kept for side-by-side measurement in eval.bench); False = no thread.
-    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
-    the fused cache-write pass runs on twice the torch threads (at most the machine's cores) while
-    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps.
+    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads,
+    unless the machine is oversubscribed): the fused cache-write pass runs on twice the torch threads
+    (at most the machine's cores) while the previous chunk's decode waits for it; the decode then
+    overlaps the chunk's remaining steps. On a machine whose 1-minute load average exceeds its cores,
+    every intra-op barrier waits for a descheduled thread: the widened pass then took 3-6x longer than
+    the narrow one (eval.bench --variants default handoff_wide, load ~8 on 2 cores), so it stays off.
     The write is the one fixed cost per chunk that the network evaluations do not amortise (see
     eval.bench's ratio_50_over_4).
     graphs (default: on CUDA): every network pass runs on fixed-address buffers against a ring-buffer
@@ -292,7 +303,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     wide_threads = min(os.cpu_count() or 1, 2 * base_threads)  # the sampler's core + the decoder's
     if wide_cache_write is None:
         wide_cache_write = (bool(lookahead) and fuse_cache_write and device.type == "cpu"
-                            and wide_threads > base_threads)
+                            and wide_threads > base_threads and not _oversubscribed())
     wide_cache_write = bool(wide_cache_write) and wide_threads > base_threads
 
     @torch.inference_mode()
