@@ -1,7 +1,7 @@
 """How chunks are scheduled between the sampler and the consumer of ``mf.pipeline.generate``.
 
 Owns the three look-ahead schemes; each turns ``sample(k, cache, pending, first_pass_done)`` (one
-chunk, returning ``(ChunkSample, model_seconds)``) into an iterator of the chunks in order:
+chunk, returning ``(ChunkSample, timings)``) into an iterator of the chunks in order:
 - ``inline_results``: no thread, each chunk sampled when asked for;
 - ``Producer``: a sampler thread runs one chunk ahead and goes straight on to the next one (the default);
 - ``handoff_results``: the earlier scheme, where the consumer hands each next chunk to the thread.

@@ -53,7 +53,7 @@ class Chunk:
     audio: np.ndarray             # float32 [T * 640]
     video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
     audio_latents: torch.Tensor   # [Fc * 4, n_mels]
-    timings: dict                 # model_s, decode_s, nfe, cache_writes
+    timings: dict                 # model_s, model_cpu_s (sampler thread CPU), decode_s, nfe, cache_writes
     step_latents: list[tuple[torch.Tensor, torch.Tensor]] | None  # [(video [Fc,C,h,w], audio [Fc*4,M])] per step
     seed: int
     start_frame: int = 0          # first video frame of this chunk in the clip
@@ -308,7 +308,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
 
     @torch.inference_mode()
     def sample(k: int, cache, pending, first_pass_done=None):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         widen = wide_cache_write and pending is not None
 
         def after_step(i, x_v, x_a):
@@ -335,7 +335,8 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                 first_pass_done.set()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return out, time.perf_counter() - t0
+        # wall seconds, and the sampler thread's own CPU seconds (not its intra-op helpers')
+        return out, (time.perf_counter() - t0, time.thread_time() - cpu0)
 
     @torch.inference_mode()
     def decode(k: int, out, audio_decoder):
@@ -360,14 +361,15 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             results = handoff_results(sample, cache, range(first, n_chunks), wide_cache_write)
         else:
             results = inline_results(sample, cache, range(first, n_chunks))
-        for k, (out, model_s) in zip(range(first, n_chunks), results):
+        for k, (out, (model_s, model_cpu_s)) in zip(range(first, n_chunks), results):
             frames, audio, decode_s = decode(k, out, audio_decoder)
             steps_out = None
             if out.step_latents is not None:
                 steps_out = [(sv[0].float().cpu(), sa[0].float().cpu()) for sv, sa in out.step_latents]
             yield Chunk(index=k, frames=frames, audio=audio, video_latents=out.video[0].float().cpu(),
                         audio_latents=out.audio[0].float().cpu(),
-                        timings=dict(model_s=model_s, decode_s=decode_s, nfe=out.nfe, cache_writes=out.cache_writes),
+                        timings=dict(model_s=model_s, model_cpu_s=model_cpu_s, decode_s=decode_s, nfe=out.nfe,
+                                     cache_writes=out.cache_writes),
                         step_latents=steps_out, seed=int(seed), start_frame=k * fc,
                         note=note if k == first else "")
     finally:
