@@ -19,7 +19,8 @@ the window).
 
 Pass buffers: ``static_pass(model, chunks, groups, ...)`` (the hook ``MFTransformer._cache_pass`` calls)
 returns a ``Layout`` and a mask whose tensors keep their address for a given pass shape; outside a
-capture (``frozen`` False) it first refills them from ``model._layout`` and ``model._visibility_matrix``.
+capture (``frozen`` False) it first refills them from ``model._layout`` and ``model._visibility_matrix``
+(unless they already hold this pass: same chunks and no cache write since, e.g. the steps of a chunk).
 While ``frozen`` (inside a capture or a replay of one) it returns them as they are and ``append`` only
 copies the keys into the ring: the runner calls ``begin_write`` / ``end_write`` around the pass.
 """
@@ -40,6 +41,7 @@ EMPTY_CHUNK = -(2 * 10**9)  # chunk id of a never-written slot: below every wind
 class _PassBuffers:
     layout: Layout
     mask: torch.Tensor          # bool [N, P + W*T + N]
+    filled_for: tuple = ()      # (chunks, groups, ids version) the buffers hold
 
 
 class StaticKVCache:
@@ -66,6 +68,7 @@ class StaticKVCache:
         self._offsets = torch.arange(self.tokens_per_chunk, device=self.device)
         self._passes: dict[tuple, _PassBuffers] = {}
         self.frozen = False
+        self.version = 0
         self.reset(prefix)
 
     # ------------------------------------------------------------------ state
@@ -84,6 +87,7 @@ class StaticKVCache:
         self.ids[self.n_prefix:] = EMPTY_CHUNK
         self.slot_chunks = [None] * self.window   # chunk index held by each slot (None: empty)
         self.next_chunk = 0
+        self.version += 1   # bumped whenever the chunk ids change
 
     def begin_write(self, chunk_index: int) -> None:
         """Point ``slot_index`` at the slot of ``chunk_index`` (outside a graph)."""
@@ -98,6 +102,7 @@ class StaticKVCache:
         self.ids[start: start + self.tokens_per_chunk] = chunk_index
         self.slot_chunks[slot] = chunk_index
         self.next_chunk = chunk_index + 1
+        self.version += 1
 
     def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Store one chunk's per-layer (k, v) [B, H, T, hd] in its slot (evicting chunk - window)."""
@@ -134,6 +139,9 @@ class StaticKVCache:
             if entry is None:
                 raise RuntimeError(f"no pass buffers for {key}: fill them (frozen=False) before a capture")
             return entry.layout, entry.mask
+        filled_for = (tuple(chunks), tuple(groups), self.version)
+        if entry is not None and entry.filled_for == filled_for:   # the steps of one chunk: nothing to do
+            return entry.layout, entry.mask
         fresh = model._layout(list(chunks), list(groups), self.device, with_video, with_audio)
         mask = model._visibility_matrix(fresh, self.ids)
         tensors = ("cos", "sin", "cos_sp", "sin_sp", "token_chunk", "token_group", "token_seg")
@@ -145,6 +153,7 @@ class StaticKVCache:
                 getattr(entry.layout, name).copy_(getattr(fresh, name))
             entry.mask.copy_(mask)
             entry.layout.chunks, entry.layout.groups = list(chunks), list(groups)
+        entry.filled_for = filled_for
         return entry.layout, entry.mask
 
     # ------------------------------------------------------------------ bookkeeping

@@ -114,6 +114,23 @@ def test_graphed_passes_drive_sample_chunk_to_the_eager_results_with_fixed_buffe
         assert set(runner._passes) == {"denoise", "fused"} and runner.captures == 0
 
 
+def test_pass_buffers_are_refilled_once_per_chunk_not_once_per_step(model, monkeypatch):
+    cond, noise = _stream(model, 4, seed=5)
+    fc = model.model_config.frames_per_chunk
+    calls = []
+    rule = model._visibility_matrix
+    monkeypatch.setattr(model, "_visibility_matrix", lambda *a: calls.append(1) or rule(*a))
+    with torch.inference_mode():
+        runner = GraphedModel(model, new_static_cache(model, cond), capture=False)
+        pending = None
+        for k in range(4):
+            out = sample_chunk(runner, runner.cache, cond.chunk_slice(k, 1, fc), *noise[k], make_schedule(6),
+                               pending=pending, write="defer")
+            pending = out.pending
+    # chunk 0: its denoising pass; chunks 1-3: the fused pass, then the denoising pass after the write
+    assert len(calls) == 1 + 2 * 3
+
+
 def test_graphed_model_rejects_another_cache_and_another_batch(model):
     cond, noise = _stream(model, 2)
     fc = model.model_config.frames_per_chunk
