@@ -9,6 +9,8 @@ Owns the measurement protocol (one process, the same studio for every number):
   is 12.5 when cost is proportional to network evaluations), computed per repeat (the two runs of one
   repeat are adjacent, so they see the same background load); the median over repeats is reported
   (``ratio_50_over_4_per_repeat`` lists them; ``ratio_50_over_4_fastest`` = fastest 50 over fastest 4);
+  ``ratio_50_over_4_sampler_cpu``: the same ratio of the sampler thread's own CPU seconds (the critical
+  path when the decode overlaps it): what per-chunk fixed costs do, far less sensitive to other load;
 - ``--variants``: several generation paths measured interleaved in the same process (e.g. ``graph eager``
   on a GPU, ``default handoff`` for the CPU look-ahead before/after); the first one fills the top-level
   numbers, every one gets its own block under ``variants``;

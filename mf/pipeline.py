@@ -245,8 +245,8 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     unless the machine is oversubscribed): the fused cache-write pass runs on twice the torch threads
     (at most the machine's cores) while the previous chunk's decode waits for it; the decode then
     overlaps the chunk's remaining steps. On a machine whose 1-minute load average exceeds its cores,
-    every intra-op barrier waits for a descheduled thread: the widened pass then took 3-6x longer than
-    the narrow one (eval.bench --variants default handoff_wide, load ~8 on 2 cores), so it stays off.
+    every intra-op barrier waits for a descheduled thread: 4-step clips then took 3-10x longer widened
+    than narrow (eval.bench --variants default handoff_wide, load 5-9 on 2 cores), so it stays off.
     The write is the one fixed cost per chunk that the network evaluations do not amortise (see
     eval.bench's ratio_50_over_4).
     graphs (default: on CUDA): every network pass runs on fixed-address buffers against a ring-buffer
