@@ -6,7 +6,16 @@ Owns the measurement protocol (one process, the same studio for every number):
   and repeated (``--repeats``) and the fastest repeat is kept (a shared machine only adds time);
   process CPU seconds are reported beside wall seconds;
 - ``ratio_50_over_4``: wall time of 50 steps over wall time of 4 steps for that same length (the ideal
-  is 12.5 when cost is proportional to network evaluations);
+  is 12.5 when cost is proportional to network evaluations), computed per repeat (the two runs of one
+  repeat are adjacent, so they see the same background load); the median over repeats is reported
+  (``ratio_50_over_4_per_repeat`` lists them; ``ratio_50_over_4_fastest`` = fastest 50 over fastest 4);
+  ``ratio_50_over_4_sampler_cpu``: the same ratio of the sampler thread's own CPU seconds (the critical
+  path when the decode overlaps it): what per-chunk fixed costs do, far less sensitive to other load;
+- ``--variants``: several generation paths measured interleaved in the same process (e.g. ``graph eager``
+  on a GPU, ``default handoff`` for the CPU look-ahead before/after); the first one fills the top-level
+  numbers, every one gets its own block under ``variants``;
+- ``device``, ``dtype`` (``--dtype``; default float32 on CPU, bfloat16 autocast on CUDA) and ``mode``
+  (graph: static buffers + CUDA graphs, eager) of every variant;
 - ``first_chunk_seconds``: from calling ``generate`` (4 steps) to holding the first decoded chunk;
 - ``rss_mb``: resident memory after 10 s and after 60 s of one continuous 4-step generation (the
   rolling KV cache must keep it flat);
@@ -24,7 +33,14 @@ import platform
 import sys
 import time
 
-FLOORS = {"rtf_4": 1.0, "ratio_50_over_4": 10.0, "first_chunk_seconds": 0.5, "rss60_over_rss10": 1.1}
+FLOORS = {"rtf_4": 1.0, "ratio_50_over_4": 11.0, "first_chunk_seconds": 0.5, "rss60_over_rss10": 1.1}
+GPU_FLOORS = {"rtf_4": 0.05, "ratio_50_over_4": 11.0}   # issue 15, tiny preset on one H100/H200 (graph mode)
+# name -> generate() keyword arguments of a measured path
+VARIANTS = {"default": {}, "graph": {"graphs": True}, "eager": {"graphs": False}, "handoff": {"lookahead": "handoff"},
+            "nolookahead": {"lookahead": False}, "narrow": {"wide_cache_write": False},
+            "handoff_narrow": {"lookahead": "handoff", "wide_cache_write": False},
+            # the CPU default before issue 15: hand-off look-ahead, cache write always widened
+            "handoff_wide": {"lookahead": "handoff", "wide_cache_write": True}}
 
 
 def _cpu_model() -> str:
@@ -38,21 +54,22 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _timed_run(studio, steps: int, seconds: float, seed: int) -> dict:
+def _timed_run(studio, steps: int, seconds: float, seed: int, **kwargs) -> dict:
     from mf.pipeline import generate
 
     start = time.perf_counter()
     cpu_start = time.process_time()
     first = None
     nfe = writes = 0
-    model_s = decode_s = 0.0
+    model_s = decode_s = model_cpu_s = 0.0
     n_frames = 0
-    for chunk in generate(studio, steps=steps, seed=seed, seconds=seconds):
+    for chunk in generate(studio, steps=steps, seed=seed, seconds=seconds, **kwargs):
         if first is None:
             first = time.perf_counter() - start
         nfe += chunk.timings["nfe"]
         writes += chunk.timings["cache_writes"]
         model_s += chunk.timings["model_s"]
+        model_cpu_s += chunk.timings["model_cpu_s"]
         decode_s += chunk.timings["decode_s"]
         n_frames += chunk.frames.shape[0]
     wall = time.perf_counter() - start
@@ -60,6 +77,7 @@ def _timed_run(studio, steps: int, seconds: float, seed: int) -> dict:
     clip_seconds = n_frames / 25.0
     return dict(steps=steps, seconds=clip_seconds, wall_seconds=wall, cpu_seconds=cpu, rtf=wall / clip_seconds,
                 first_chunk_seconds=first, nfe=nfe, cache_writes=writes, model_seconds=model_s,
+                model_cpu_seconds=model_cpu_s,
                 decode_seconds=decode_s)
 
 
@@ -82,6 +100,34 @@ def _rss_run(studio, seconds_marks=(10.0, 60.0), seed: int = 7) -> dict:
     return dict(rss_mb={f"{m:g}s": round(out[m], 1) for m in marks}, wall_seconds=time.perf_counter() - start)
 
 
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def _summary(all_runs: dict) -> dict:
+    """Numbers of one variant from its repeats: fastest repeat per step count, per-repeat 50/4 ratios."""
+    runs = {k: min(v, key=lambda r: r["wall_seconds"]) for k, v in all_runs.items()}
+    out = dict(rtf={k: v["rtf"] for k, v in runs.items()},
+               rtf_all_repeats={k: [r["rtf"] for r in v] for k, v in all_runs.items()},
+               # this process's CPU seconds (all threads), fastest repeat: less sensitive to other load
+               cpu_seconds={k: min(r["cpu_seconds"] for r in v) for k, v in all_runs.items()},
+               nfe={k: v["nfe"] for k, v in runs.items()}, runs=runs)
+    if "4" in runs and "50" in runs:
+        per_repeat = [b["wall_seconds"] / a["wall_seconds"] for a, b in zip(all_runs["4"], all_runs["50"])]
+        out["ratio_50_over_4_per_repeat"] = per_repeat
+        out["ratio_50_over_4"] = _median(per_repeat)
+        out["ratio_50_over_4_fastest"] = runs["50"]["wall_seconds"] / runs["4"]["wall_seconds"]
+        out["ratio_50_over_4_cpu"] = out["cpu_seconds"]["50"] / out["cpu_seconds"]["4"]
+        # the sampler thread's CPU seconds (the critical path when the decode overlaps it), per repeat:
+        # what the per-chunk fixed costs do to the ratio, far less sensitive to other load than wall time
+        per_cpu = [b["model_cpu_seconds"] / a["model_cpu_seconds"] for a, b in zip(all_runs["4"], all_runs["50"])]
+        out["ratio_50_over_4_sampler_cpu_per_repeat"] = per_cpu
+        out["ratio_50_over_4_sampler_cpu"] = _median(per_cpu)
+    return out
+
+
 def run(args) -> dict:
     import torch
 
@@ -89,44 +135,66 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()
-    studio = load_studio(assets=args.assets, device=args.device, preset=args.preset, codec_preset=args.codec_preset)
+    studio = load_studio(assets=args.assets, device=args.device, dtype=dtype, preset=args.preset,
+                         codec_preset=args.codec_preset)
     load_seconds = time.perf_counter() - t0
     print(f"model: {'trained' if studio.trained else 'INITIAL WEIGHTS'}; {studio.message}", flush=True)
-    for _ in generate(studio, steps=1, seed=123, seconds=0.16):  # warm-up (lazy init, allocator)
-        pass
-    # Step counts are interleaved and repeated; each keeps its fastest repeat. On a shared machine
-    # other processes only ever add time, so the minimum is the best estimate of this code's cost,
-    # and interleaving exposes every step count to the same background load.
-    all_runs = {str(s): [] for s in args.steps}
+    on_cuda = studio.device.type == "cuda"
+    modes = {}
+    for name in args.variants:
+        kwargs = VARIANTS[name]
+        modes[name] = "graph" if kwargs.get("graphs", on_cuda) else "eager"
+        warm = time.perf_counter()
+        for _ in generate(studio, steps=1, seed=123, seconds=0.16, **kwargs):  # lazy init, graph capture
+            pass
+        print(f"variant {name}: mode {modes[name]}, dtype {str(studio.dtype).replace('torch.', '')}, warm-up "
+              f"{time.perf_counter() - warm:.2f} s", flush=True)
+    # Step counts and variants are interleaved and repeated, so every one sees the same background load;
+    # each step count keeps its fastest repeat (other processes only ever add time), and the 50/4 ratio
+    # is taken per repeat (its two runs are adjacent) with the median over repeats.
+    all_runs = {name: {str(s): [] for s in args.steps} for name in args.variants}
+    loads = []
     for rep in range(args.repeats):
         for steps in args.steps:
-            r = _timed_run(studio, steps, args.seconds, args.seed)
-            all_runs[str(steps)].append(r)
-            print(f"[{rep + 1}/{args.repeats}] steps {steps:>3}: rtf {r['rtf']:.3f} (wall {r['wall_seconds']:.2f} s, "
-                  f"cpu {r['cpu_seconds']:.2f} s for {r['seconds']:.2f} s; model {r['model_seconds']:.2f} s, "
-                  f"decode {r['decode_seconds']:.2f} s), nfe {r['nfe']}, first chunk {r['first_chunk_seconds']:.3f} s",
-                  flush=True)
-    runs = {k: min(v, key=lambda r: r["wall_seconds"]) for k, v in all_runs.items()}
-    firsts = [_timed_run(studio, 4, 0.16, args.seed + i)["first_chunk_seconds"] for i in range(3)]
-    result = dict(
-        rtf={k: v["rtf"] for k, v in runs.items()},
-        rtf_all_repeats={k: [r["rtf"] for r in v] for k, v in all_runs.items()},
-        # this process's CPU seconds (both threads), fastest repeat: far less sensitive to other load
-        cpu_seconds={k: min(r["cpu_seconds"] for r in v) for k, v in all_runs.items()},
-        nfe={k: v["nfe"] for k, v in runs.items()},
-        repeats=args.repeats,
-        runs=runs,
+            for name in args.variants:
+                r = _timed_run(studio, steps, args.seconds, args.seed, **VARIANTS[name])
+                r["loadavg_1min"] = os.getloadavg()[0]
+                loads.append(r["loadavg_1min"])
+                all_runs[name][str(steps)].append(r)
+                print(f"[{rep + 1}/{args.repeats}] {name:>8} steps {steps:>3}: rtf {r['rtf']:.3f} (wall "
+                      f"{r['wall_seconds']:.2f} s, cpu {r['cpu_seconds']:.2f} s for {r['seconds']:.2f} s; model "
+                      f"{r['model_seconds']:.2f} s, decode {r['decode_seconds']:.2f} s), nfe {r['nfe']}, first chunk "
+                      f"{r['first_chunk_seconds']:.3f} s, load {r['loadavg_1min']:.1f}", flush=True)
+        for name in args.variants:
+            a, b = all_runs[name].get("4", []), all_runs[name].get("50", [])
+            if len(a) == len(b) == rep + 1:
+                print(f"[{rep + 1}/{args.repeats}] {name:>8} ratio_50_over_4 "
+                      f"{b[-1]['wall_seconds'] / a[-1]['wall_seconds']:.2f} (sampler thread CPU: "
+                      f"{b[-1]['model_cpu_seconds'] / a[-1]['model_cpu_seconds']:.2f})", flush=True)
+    variants = {}
+    for name in args.variants:
+        variants[name] = _summary(all_runs[name])
+        variants[name].update(mode=modes[name], dtype=str(studio.dtype).replace("torch.", ""),
+                              device=str(studio.device))
+    main = args.variants[0]
+    firsts = [_timed_run(studio, 4, 0.16, args.seed + i, **VARIANTS[main])["first_chunk_seconds"] for i in range(3)]
+    result = dict(variants[main])
+    result.update(
+        variant=main, repeats=args.repeats, seconds=args.seconds,
         first_chunk_seconds=sorted(firsts)[1] if firsts else None,  # median of 3
         first_chunk_seconds_runs=firsts,
         trained=studio.trained, codecs_trained=studio.codecs_trained, checkpoint=studio.checkpoint,
         preset_config=studio.config.to_dict(),
         params_m=round(sum(p.numel() for p in studio.model.parameters()) / 1e6, 3),
-        load_seconds=load_seconds,
+        load_seconds=load_seconds, loadavg_during=dict(min=min(loads), median=_median(loads), max=max(loads)),
     )
-    if "4" in runs and "50" in runs:
-        result["ratio_50_over_4"] = runs["50"]["wall_seconds"] / runs["4"]["wall_seconds"]
-        result["ratio_50_over_4_cpu"] = result["cpu_seconds"]["50"] / result["cpu_seconds"]["4"]
+    if len(variants) > 1:
+        result["variants"] = {k: {f: v[f] for f in v if f != "runs"} for k, v in variants.items()}
     if not args.skip_rss:
         rss = _rss_run(studio, tuple(args.rss_marks))
         lo, hi = (f"{m:g}s" for m in sorted(args.rss_marks))
@@ -135,18 +203,23 @@ def run(args) -> dict:
         # named after the default marks (10 s and 60 s of generated audio-video)
         result["rss60_over_rss10"] = rss["rss_mb"][hi] / rss["rss_mb"][lo]
         print(f"rss: {rss['rss_mb']} (ratio {result['rss60_over_rss10']:.3f})", flush=True)
-    result["hardware"] = dict(cpu=_cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                              device=str(studio.device), torch=torch.__version__, python=platform.python_version(),
-                              loadavg_before=load_before, loadavg_after=os.getloadavg())
+    hardware = dict(cpu=_cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                    device=str(studio.device), torch=torch.__version__, python=platform.python_version(),
+                    loadavg_before=load_before, loadavg_after=os.getloadavg())
+    if on_cuda:
+        hardware["gpu"] = torch.cuda.get_device_name(studio.device)
+    result["hardware"] = hardware
+    floors = GPU_FLOORS if on_cuda else FLOORS
     checks = {}
     if "4" in result["rtf"]:
-        checks["rtf_4"] = result["rtf"]["4"] <= FLOORS["rtf_4"]
+        checks["rtf_4"] = result["rtf"]["4"] <= floors["rtf_4"]
     if "ratio_50_over_4" in result:
-        checks["ratio_50_over_4"] = result["ratio_50_over_4"] >= FLOORS["ratio_50_over_4"]
-    checks["first_chunk_seconds"] = result["first_chunk_seconds"] <= FLOORS["first_chunk_seconds"]
-    if "rss60_over_rss10" in result:
-        checks["rss60_over_rss10"] = result["rss60_over_rss10"] <= FLOORS["rss60_over_rss10"]
-    result["floors"] = FLOORS
+        checks["ratio_50_over_4"] = result["ratio_50_over_4"] >= floors["ratio_50_over_4"]
+    if "first_chunk_seconds" in floors:
+        checks["first_chunk_seconds"] = result["first_chunk_seconds"] <= floors["first_chunk_seconds"]
+    if "rss60_over_rss10" in result and "rss60_over_rss10" in floors:
+        checks["rss60_over_rss10"] = result["rss60_over_rss10"] <= floors["rss60_over_rss10"]
+    result["floors"] = floors
     result["floors_passed"] = checks
     return result
 
@@ -156,11 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--assets", default="assets")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: float32 on CPU, bfloat16 autocast on CUDA")
+    p.add_argument("--variants", nargs="+", default=["default"],
+                   help=f"generation paths measured interleaved, first one reported on top: {sorted(VARIANTS)}")
     p.add_argument("--threads", type=int, default=1)
     # 10 s: the first chunk (sampled before any decode can overlap it) and the last chunk's decode
     # (nothing left to overlap it with) are fixed costs per clip; at 3 s they were ~5% of a 4-step run.
     p.add_argument("--seconds", type=float, default=10.0, help="clip length of the rtf runs")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats per step count (fastest kept)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved repeats per step count (fastest kept; 50/4 ratio: median over repeats)")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 50])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-rss", action="store_true", help="skip the 60 s memory run")
@@ -179,8 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
             fh.write(text)
-    keys = ("rtf", "ratio_50_over_4", "ratio_50_over_4_cpu", "first_chunk_seconds", "rss_mb", "floors_passed")
+    keys = ("variant", "mode", "dtype", "device", "rtf", "ratio_50_over_4", "ratio_50_over_4_per_repeat",
+            "ratio_50_over_4_fastest", "ratio_50_over_4_cpu", "ratio_50_over_4_sampler_cpu",
+            "first_chunk_seconds", "rss_mb", "loadavg_during", "floors_passed")
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))
+    for name, v in result.get("variants", {}).items():
+        per = ", ".join(f"{x:.2f}" for x in v.get("ratio_50_over_4_per_repeat", []))
+        print(f"{name:>8} ({v['mode']}, {v['dtype']}, {v['device']}): rtf " +
+              ", ".join(f"{k}: {x:.3f}" for k, x in v["rtf"].items()) +
+              (f"; ratio_50_over_4 per repeat [{per}], median {v['ratio_50_over_4']:.2f} (sampler thread CPU "
+               f"median {v['ratio_50_over_4_sampler_cpu']:.2f})" if per else ""))
     return 0
 
 

@@ -215,9 +215,10 @@ class Block(nn.Module):
             q_full, q_sp, rows = apply_rope(q, cos, sin), apply_rope(q, cos_sp, sin_sp), mask
             j = plan.outputs_from
             if j and last:  # only segments j.. need outputs: answer their queries only
-                keep = (layout.token_seg >= j).nonzero().squeeze(1)
-                q_full, q_sp = q_full.index_select(2, keep), q_sp.index_select(2, keep)
-                rows = None if mask is None else mask.index_select(0, keep)
+                # rows of segments j..: [video of j..; audio of j..] (slices: no host sync, graph-capturable)
+                keep = (slice(j * vt, s * vt), slice(s * vt + j * at, s * (vt + at)))
+                q_full, q_sp = (torch.cat([x[:, :, keep[0]], x[:, :, keep[1]]], 2) for x in (q_full, q_sp))
+                rows = None if mask is None else torch.cat([mask[keep[0]], mask[keep[1]]], 0)
                 xv, xa = xv[:, j:], xa[:, j:]
                 mod_v = mod_v[:, j:] if vt else None
                 mod_a = mod_a[:, j:] if at else None

@@ -69,6 +69,11 @@ GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their
 _MEMO_LOCK = threading.Lock()
 
 
+def _capturing() -> bool:
+    """True while this thread captures a CUDA graph (host syncs are illegal then; see mf.graphs)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _signature_of_model_config(init):
     """Give ``init`` the signature ``(self, *, <every ModelConfig field> = its default)``.
 
@@ -212,6 +217,15 @@ class MFTransformer(ModelMixin, ConfigMixin):
         gr = torch.tensor(groups, dtype=torch.long, device=device)
         return Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
 
+    def _cache_pass(self, cache, chunks: list[int], groups: list[int], device, with_video: bool = True,
+                    with_audio: bool = True) -> tuple[Layout, torch.Tensor | None]:
+        """(layout, mask) of a pass continuing ``cache``: a static cache (``mf.static_cache``) hands out its
+        fixed-address buffers, filled by ``_layout`` and ``_visibility_matrix``; else mask None (memoised)."""
+        static_pass = getattr(cache, "static_pass", None)
+        if static_pass is not None:
+            return static_pass(self, chunks, groups, with_video, with_audio)
+        return self._layout(chunks, groups, device, with_video, with_audio), None
+
     def _visibility(self, layout: Layout, ctx_chunk: torch.Tensor, ctx_key: tuple) -> torch.Tensor | None:
         """Boolean [Nq, Nctx + Nq] attention mask (None when every key is visible). Memoised."""
         key = (tuple(layout.chunks), tuple(layout.groups), int(layout.token_seg.numel()), ctx_key,
@@ -219,6 +233,11 @@ class MFTransformer(ModelMixin, ConfigMixin):
         return self._memo("_mask_memo", key, lambda: self._make_visibility(layout, ctx_chunk))
 
     def _make_visibility(self, layout: Layout, ctx_chunk: torch.Tensor) -> torch.Tensor | None:
+        mask = self._visibility_matrix(layout, ctx_chunk)
+        return None if bool(mask.all()) else mask
+
+    def _visibility_matrix(self, layout: Layout, ctx_chunk: torch.Tensor) -> torch.Tensor:
+        """THE attention rule as a boolean [Nq, Nctx + Nq] matrix (no host sync: static-shape runners)."""
         w = self.model_config.window_chunks
         q_chunk = layout.token_chunk[:, None]
         n_ctx = ctx_chunk.numel()
@@ -230,8 +249,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         k_hist = (layout.token_group == GROUP_HISTORY)[None, :]
         own = layout.token_seg[:, None] == layout.token_seg[None, :]
         self_vis = own | (k_hist & (k_chunk < q_chunk) & (k_chunk >= q_chunk - w))
-        mask = torch.cat([ctx_vis, self_vis], dim=1) if n_ctx else self_vis
-        return None if bool(mask.all()) else mask
+        return torch.cat([ctx_vis, self_vis], dim=1) if n_ctx else self_vis
 
     # ------------------------------------------------------------------ embeddings
     def _cond_embed(self, t: torch.Tensor, d: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
@@ -246,7 +264,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         if ids.shape[1] != n_seg * config.mels_per_chunk:
             raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, "
                              f"the chunks need {n_seg * config.mels_per_chunk}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
+        if ids.numel() and not _capturing() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
             raise ValueError(f"phone_ids must lie in [0, {config.n_phonemes}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")
         dropped = cond.text_dropped.view(b, 1, 1, 1)
@@ -312,19 +330,21 @@ class MFTransformer(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ core pass
     def _run_blocks(self, xv, xa, emb, layout: Layout, ctx: list | None, ctx_chunk: torch.Tensor,
-                    ctx_key: tuple = (), plan: PassPlan = DENOISE):
+                    ctx_key: tuple = (), plan: PassPlan = DENOISE, mask: torch.Tensor | None = None):
         """Run all blocks over segment tokens xv [B,S,Vt,D], xa [B,S,At,D] (either may have 0 tokens).
 
         emb [B, S, D]: the per-segment conditioning embedding (t, d, attributes). ctx: per layer
         (prefix_k, prefix_v, history_k | None, history_v | None), or None (the prefix pass itself).
         Returns (xv, xa, kvs), kvs[layer] = rotated (k, v) of this pass's tokens; ``plan`` says what the
-        last block may skip (``mf.layers.PassPlan``).
+        last block may skip (``mf.layers.PassPlan``). ``mask``: the pass's visibility when the caller has it
+        (a static cache's buffer); None = ``_visibility`` of the context.
         """
         b, s, vt, d = xv.shape
         at = xa.shape[2]
         mod_v = self.video_mod(emb).view(b, s, 6, d) if vt else None   # [B, S, 6, D] shared adaLN
         mod_a = self.audio_mod(emb).view(b, s, 6, d) if at else None
-        mask = None if ctx is None else self._visibility(layout, ctx_chunk, ctx_key)
+        if mask is None and ctx is not None:
+            mask = self._visibility(layout, ctx_chunk, ctx_key)
         rope = tuple(table.to(xv.dtype) for table in (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp))
         kvs = []
         for li, block in enumerate(self.blocks):
@@ -335,9 +355,16 @@ class MFTransformer(ModelMixin, ConfigMixin):
         return xv, xa, kvs
 
     def _split_kvs(self, kvs, layout: Layout, seg: int):
-        """Keys/values of one segment out of a pass's [video of all segs; audio of all segs] tokens."""
-        idx = (layout.token_seg == seg).nonzero().squeeze(1)
-        return [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in kvs]
+        """Keys/values of one segment out of a pass's [video of all segs; audio of all segs] tokens.
+
+        Slices, no index search: no host sync, so a CUDA graph can capture it."""
+        s, config = len(layout.chunks), self.model_config
+        vt, at = config.video_tokens_per_chunk, config.audio_tokens_per_chunk
+        if layout.token_seg.numel() != s * (vt + at):
+            raise ValueError("_split_kvs needs a pass with both modalities")
+        v_part, a_part = slice(seg * vt, (seg + 1) * vt), slice(s * vt + seg * at, s * vt + (seg + 1) * at)
+        return [(torch.cat([k[:, :, v_part], k[:, :, a_part]], 2), torch.cat([v[:, :, v_part], v[:, :, a_part]], 2))
+                for k, v in kvs]
 
     def _output(self, xv, xa, emb):
         b, s, _, d = xv.shape
@@ -420,10 +447,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
             ids = kv_cache.context_chunk_ids
             key = kv_cache.context_key
             start = kv_cache.next_chunk
-        layout = self._layout([start + i for i in range(s)], [GROUP_HISTORY] * s, xv.device,
-                              video is not None, audio is not None)
+        layout, mask = self._cache_pass(kv_cache, [start + i for i in range(s)], [GROUP_HISTORY] * s, xv.device,
+                                        video is not None, audio is not None)
         emb = self._cond_embed(t, d, cond.attributes)
-        xv, xa, _ = self._run_blocks(xv, xa, emb, layout, ctx, ids, key)
+        xv, xa, _ = self._run_blocks(xv, xa, emb, layout, ctx, ids, key, mask=mask)
         return self._output(xv, xa, emb)
 
     def write_cache(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions, cache: KVCache) -> KVCache:
@@ -435,10 +462,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
         zero = xv.new_zeros(b, 1)
         emb = self._cond_embed(zero, zero, cond.attributes)
         index = cache.next_chunk
-        layout = self._layout([index], [GROUP_HISTORY], xv.device)
+        layout, mask = self._cache_pass(cache, [index], [GROUP_HISTORY], xv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
         _, _, kvs = self._run_blocks(xv, xa, emb, layout, ctx, cache.context_chunk_ids, cache.context_key,
-                                     plan=WRITE)
+                                     plan=WRITE, mask=mask)
         cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
         return cache
 
@@ -482,10 +509,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
         emb = torch.cat([self._cond_embed(zero, zero, cond_clean.attributes),
                          self._cond_embed(t, d, cond_noisy.attributes)], 1)
         index = cache.next_chunk
-        layout = self._layout([index, index + 1], [GROUP_HISTORY, GROUP_NOISY], nv.device)
+        layout, mask = self._cache_pass(cache, [index, index + 1], [GROUP_HISTORY, GROUP_NOISY], nv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
         xv, xa, kvs = self._run_blocks(torch.cat([cv, nv], 1), torch.cat([ca, na], 1), emb, layout, ctx,
                                        cache.context_chunk_ids, cache.context_key,
-                                       plan=PassPlan(outputs_from=1))
+                                       plan=PassPlan(outputs_from=1), mask=mask)
         cache.append(index, [(k.detach(), v.detach()) for k, v in self._split_kvs(kvs, layout, 0)])
         return self._output(xv, xa, emb[:, 1:])

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 from mf.conditions import Conditions, script_phone_ids
 from mf.configs import MAX_SECONDS, ModelConfig
 from mf.constants import FPS, SAMPLES_PER_FRAME
+from mf.lookahead import Producer, handoff_results, inline_results
 from mf.model import MFTransformer
 from mf.sampler import make_schedule, sample_chunk
 
@@ -54,7 +53,7 @@ class Chunk:
     audio: np.ndarray             # float32 [T * 640]
     video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
     audio_latents: torch.Tensor   # [Fc * 4, n_mels]
-    timings: dict                 # model_s, decode_s, nfe, cache_writes
+    timings: dict                 # model_s, model_cpu_s (sampler thread CPU), decode_s, nfe, cache_writes
     step_latents: list[tuple[torch.Tensor, torch.Tensor]] | None  # [(video [Fc,C,h,w], audio [Fc*4,M])] per step
     seed: int
     start_frame: int = 0          # first video frame of this chunk in the clip
@@ -78,6 +77,7 @@ class Studio:
     dtype: torch.dtype = torch.float32
     max_seconds: float = MAX_SECONDS
     notes: list = field(default_factory=list)
+    graph_runners: dict = field(default_factory=dict, repr=False)  # mf.graphs.acquire's pool (static passes)
 
     @property
     def config(self) -> ModelConfig:
@@ -147,6 +147,14 @@ def load_studio(assets: str | os.PathLike = "assets", device: str | torch.device
     return Studio(model=model, video_codec=video_codec, audio_codec=audio_codec, trained=trained,
                   codecs_trained=codecs_trained, message="; ".join(notes), checkpoint=checkpoint,
                   device=device, dtype=dtype, notes=notes)
+
+
+def _oversubscribed() -> bool:
+    """True when the 1-minute load average exceeds the cores (other processes hold them)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -227,8 +235,8 @@ class _AudioDecoder:
 def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0, text: str | None = None,
              character_id: int | None = None, cfg_scale: float = 1.0, keep_step_latents: bool = False, *,
              mode: str | None = None, shift: float = 1.0, history: list[Chunk] | None = None,
-             fuse_cache_write: bool = True, lookahead: bool = True,
-             wide_cache_write: bool | None = None) -> Iterator[Chunk]:
+             fuse_cache_write: bool = True, lookahead: bool | str = True,
+             wide_cache_write: bool | None = None, graphs: bool | None = None) -> Iterator[Chunk]:
     """Yield the chunks of a clip, each decoded, as soon as it is sampled.
 
     steps: denoising steps per chunk (<= 16: few-step mode, > 16: multi-step; ``mode`` overrides).
@@ -239,13 +247,24 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     history: finished chunks of an earlier call with the same conditions: they fill the cache and
     generation continues at chunk ``len(history)``.
     fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
-    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads):
-    the fused cache-write pass runs on twice the torch threads (at most the machine's cores) while
-    the previous chunk's decode waits for it; the decode then overlaps the chunk's remaining steps.
+    lookahead: True = a sampler thread produces chunks one ahead of the consumer, going on to the next
+    chunk without waiting for it; "handoff" = the earlier scheme (the consumer hands each next chunk to
+    the thread; kept for side-by-side measurement in eval.bench); False = no thread.
+    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads,
+    unless the machine is oversubscribed): the fused cache-write pass runs on twice the torch threads
+    (at most the machine's cores) while the previous chunk's decode waits for it; the decode then
+    overlaps the chunk's remaining steps. On a machine whose 1-minute load average exceeds its cores,
+    every intra-op barrier waits for a descheduled thread: 4-step clips then took 3-10x longer widened
+    than narrow (eval.bench --variants default handoff_wide, load 5-9 on 2 cores), so it stays off.
     The write is the one fixed cost per chunk that the network evaluations do not amortise (see
     eval.bench's ratio_50_over_4).
+    graphs (default: on CUDA): every network pass runs on fixed-address buffers against a ring-buffer
+    cache (``mf.graphs``, ``mf.static_cache``), captured once as CUDA graphs on a GPU and eager on the
+    CPU; same results as the default path up to float rounding.
     """
     _validate(studio, steps, seed, seconds, character_id, cfg_scale, text)
+    if lookahead not in (True, False, "handoff"):
+        raise ValueError(f"lookahead must be True, False or 'handoff', got {lookahead!r}")
     schedule = make_schedule(int(steps), mode=mode, shift=shift)
     model, config = studio.model, studio.config
     fc = config.frames_per_chunk
@@ -258,36 +277,47 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     use_cfg = cfg_scale != 1.0
     device = studio.device
     use_amp = device.type == "cuda" and studio.dtype != torch.float32
+    use_graphs = device.type == "cuda" if graphs is None else bool(graphs)
 
     def amp():  # a fresh autocast context per use (bf16 on CUDA; nothing on CPU)
         return torch.autocast(device_type="cuda", dtype=studio.dtype) if use_amp else nullcontext()
     branches = 2 if use_cfg else 1
     c, h, m = config.video_channels, config.latent_size, config.n_mels
+    net = model  # what sample_chunk calls: the model, or its static-buffer (graphed) stand-in
 
     # Grad mode and autocast are thread-local and would leak to the consumer across `yield`, so every
     # computation below enters them itself.
     @torch.inference_mode()
     def prepare():
+        nonlocal net
         cond, note = build_conditions(studio, seed=int(seed), n_chunks=n_chunks, text=text,
                                       character_id=character_id)
         cond_in = cond.repeat_for_cfg() if use_cfg else cond
         with amp():
-            cache = model.new_cache(cond_in)
+            if use_graphs:
+                from mf.graphs import acquire
+
+                net = acquire(studio.graph_runners, model, cond_in, capture=device.type == "cuda",
+                              autocast_dtype=studio.dtype if use_amp else None)
+                cache = net.cache
+            else:
+                cache = model.new_cache(cond_in)
             for past in history:  # rebuild the cache from finished chunks
                 v = past.video_latents.to(device)[None].repeat(branches, 1, 1, 1, 1)
                 a = past.audio_latents.to(device)[None].repeat(branches, 1, 1)
-                model.write_cache(v, a, cond_in.chunk_slice(past.index, 1, fc), cache)
+                net.write_cache(v, a, cond_in.chunk_slice(past.index, 1, fc), cache)
         return cond, note, cache
 
     base_threads = torch.get_num_threads()
     wide_threads = min(os.cpu_count() or 1, 2 * base_threads)  # the sampler's core + the decoder's
     if wide_cache_write is None:
-        wide_cache_write = lookahead and fuse_cache_write and device.type == "cpu" and wide_threads > base_threads
+        wide_cache_write = (bool(lookahead) and fuse_cache_write and device.type == "cpu"
+                            and wide_threads > base_threads and not _oversubscribed())
     wide_cache_write = bool(wide_cache_write) and wide_threads > base_threads
 
     @torch.inference_mode()
     def sample(k: int, cache, pending, first_pass_done=None):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         widen = wide_cache_write and pending is not None
 
         def after_step(i, x_v, x_a):
@@ -304,7 +334,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             torch.set_num_threads(wide_threads)
         try:
             with amp():
-                out = sample_chunk(model, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
+                out = sample_chunk(net, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
                                    cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, pending=pending,
                                    write=write, on_step=after_step)
         finally:
@@ -314,7 +344,8 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                 first_pass_done.set()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return out, time.perf_counter() - t0
+        # wall seconds, and the sampler thread's own CPU seconds (not its intra-op helpers')
+        return out, (time.perf_counter() - t0, time.thread_time() - cpu0)
 
     @torch.inference_mode()
     def decode(k: int, out, audio_decoder):
@@ -325,38 +356,36 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
         audio = audio_decoder(audio_latents)[: n_frames * SAMPLES_PER_FRAME]
         return frames, np.ascontiguousarray(audio, dtype=np.float32), time.perf_counter() - t1
 
-    cond, note, cache = prepare()
-    audio_decoder = _AudioDecoder(studio.audio_codec)
-    if history:
-        audio_decoder.history = history[-1].audio_latents.to(device)[-AUDIO_CONTEXT_MELS:]
     first = len(history)
-    # Look-ahead: while chunk k is decoded (and consumed), chunk k+1 is sampled in a worker thread.
-    # Torch kernels release the GIL, so on 2 cores the network and the codecs run side by side.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mf-sampler") if lookahead else None
+    producer = None
     try:
-        job = executor.submit(sample, first, cache, None) if executor else None
-        pending = None  # the previous chunk's deferred cache write
-        for k in range(first, n_chunks):
-            out, model_s = job.result() if executor else sample(k, cache, pending)
-            pending = out.pending
-            if executor and k + 1 < n_chunks:
-                # the widened pass uses the decoder's core too: decode after it
-                first_pass_done = threading.Event() if wide_cache_write else None
-                job = executor.submit(sample, k + 1, cache, pending, first_pass_done)
-                if first_pass_done is not None:
-                    first_pass_done.wait()
+        cond, note, cache = prepare()
+        audio_decoder = _AudioDecoder(studio.audio_codec)
+        if history:
+            audio_decoder.history = history[-1].audio_latents.to(device)[-AUDIO_CONTEXT_MELS:]
+        if lookahead is True:
+            producer = Producer(sample, cache, range(first, n_chunks), wide_cache_write)
+            results = producer.results()
+        elif lookahead == "handoff":
+            results = handoff_results(sample, cache, range(first, n_chunks), wide_cache_write)
+        else:
+            results = inline_results(sample, cache, range(first, n_chunks))
+        for k, (out, (model_s, model_cpu_s)) in zip(range(first, n_chunks), results):
             frames, audio, decode_s = decode(k, out, audio_decoder)
             steps_out = None
             if out.step_latents is not None:
                 steps_out = [(sv[0].float().cpu(), sa[0].float().cpu()) for sv, sa in out.step_latents]
             yield Chunk(index=k, frames=frames, audio=audio, video_latents=out.video[0].float().cpu(),
                         audio_latents=out.audio[0].float().cpu(),
-                        timings=dict(model_s=model_s, decode_s=decode_s, nfe=out.nfe, cache_writes=out.cache_writes),
+                        timings=dict(model_s=model_s, model_cpu_s=model_cpu_s, decode_s=decode_s, nfe=out.nfe,
+                                     cache_writes=out.cache_writes),
                         step_latents=steps_out, seed=int(seed), start_frame=k * fc,
                         note=note if k == first else "")
     finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if producer is not None:
+            producer.stop()
+        if net is not model:
+            net.lock.release()
 
 
 def generate_clip(studio: Studio, **kwargs) -> tuple[np.ndarray, np.ndarray, list[Chunk]]:

@@ -3,6 +3,9 @@
 - the shipped studio generates on CUDA under bf16 autocast: finite, right shapes, same seed twice
   gives the same output, and the result stays close to the float32 CPU run of the same seed;
 - CUDA float32 matches CPU float32 chunk for chunk (same noise: it is drawn on the CPU);
+- the graphed path (static ring cache + CUDA graphs, the CUDA default) equals the eager path within the
+  same tolerances, in float32 and bf16, replays its graphs (3 captures per batch size, then replays only)
+  and never moves a buffer across chunks or clips;
 - a training stage and the codec trainers run on the GPU.
 """
 
@@ -58,6 +61,36 @@ def test_float32_on_cuda_matches_float32_on_cpu(cpu_run):
     video, audio = _latents(list(generate(studio, steps=4, seed=3, seconds=0.64, text="hello there")))
     v_cpu, a_cpu = cpu_run
     assert _rel(video, v_cpu) < 1e-3 and _rel(audio, a_cpu) < 1e-3, (_rel(video, v_cpu), _rel(audio, a_cpu))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_graph_mode_equals_eager_mode_on_cuda_and_replays_fixed_buffers(cpu_run, dtype):
+    studio = load_studio(assets="assets", device="cuda", dtype=dtype)
+    kw = dict(steps=4, seed=3, seconds=0.64, text="hello there")
+    eager = _latents(list(generate(studio, graphs=False, **kw)))
+    graph = _latents(list(generate(studio, graphs=True, **kw)))
+    (runner,) = [r for pool in studio.graph_runners.values() for r in pool]
+    assert runner.capture and runner.captures == 3 and runner.replays > 0
+    ptrs, replays = runner.cache.data_ptrs(), runner.replays
+    again = _latents(list(generate(studio, graphs=True, **kw)))
+    assert runner.captures == 3 and runner.replays > replays, "the second clip only replays"
+    assert runner.cache.data_ptrs() == ptrs, "static buffers keep their addresses across clips"
+    tol = 1e-3 if dtype == torch.float32 else 0.05
+    for x, y in zip(graph, eager):
+        assert _rel(x, y) < tol, (dtype, _rel(x, y))
+    assert _rel(again[0], graph[0]) < 1e-3 and _rel(again[1], graph[1]) < 1e-3, "same seed, same output"
+    v_cpu, a_cpu = cpu_run
+    cpu_tol = 1e-3 if dtype == torch.float32 else 0.1
+    assert _rel(graph[0], v_cpu) < cpu_tol and _rel(graph[1], a_cpu) < cpu_tol
+
+
+def test_graph_mode_with_guidance_and_a_stream_longer_than_the_window():
+    studio = load_studio(assets="assets", device="cuda", dtype=torch.float32)
+    kw = dict(steps=8, seed=1, seconds=2.0, cfg_scale=1.5)   # 13 chunks > window 8; batch 2
+    graph = _latents(list(generate(studio, graphs=True, **kw)))
+    eager = _latents(list(generate(studio, graphs=False, **kw)))
+    for x, y in zip(graph, eager):
+        assert _rel(x, y) < 1e-3, _rel(x, y)
 
 
 @pytest.mark.parametrize("stage", ["joint", "mutual"])
