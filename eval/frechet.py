@@ -6,9 +6,10 @@ What this module owns:
   polynomial-kernel MMD^2 averaged over random subsets), both plain numpy/scipy, seeded.
 * Standard FID/KID: torch-fidelity's TF-ported Inception-v3 (pool3, 2048-d) as wrapped by
   torchmetrics (``NoTrainInceptionV3``) with the TF-compatible bilinear resize (``antialias=False``),
-  the way published FIDs are computed; FID by torchmetrics ``FrechetInceptionDistance`` on those
-  features, KID by ``kernel_distance`` (torchmetrics' estimator, verified equal in the tests, with the
-  kernel computed once rather than per subset). The weights are never bundled: ``eval.weights``
+  the way published FIDs are computed; FID by ``frechet_distance`` and KID by ``kernel_distance`` on
+  those features (``inception_fid_kid``): the estimators of torchmetrics' FrechetInceptionDistance and
+  KernelInceptionDistance, verified equal in the tests, computed without their D x D eigvals and with
+  the KID kernel computed once rather than per subset. The weights are never bundled: ``eval.weights``
   takes them from an explicit path, ``$MF_INCEPTION_WEIGHTS``, ``$TORCH_HOME/hub/checkpoints`` (torch's
   cache), or downloads them once (size- and sha256-checked) when the machine is online and downloads
   are not turned off. When absent, ``InceptionUnavailable`` says which file to put where, and callers
@@ -262,24 +263,10 @@ class InceptionExtractor:
         return np.concatenate(outs) if outs else np.zeros((0, self.dim))
 
 
-class _Precomputed:
-    """Lets torchmetrics' metrics take features we already extracted (Inception is the slow part;
-    FID and KID share one pass instead of running it twice)."""
-
-    def __new__(cls, dim: int):
-        import torch
-
-        class Identity(torch.nn.Module):
-            num_features = dim
-
-            def forward(self, x):
-                return x
-
-        return Identity()
-
-
-def torchmetrics_fid_kid(feat_gen: np.ndarray, feat_ref: np.ndarray, *, seed: int = 0) -> dict:
-    """FID (torchmetrics FrechetInceptionDistance on our features; ref = "real", gen = "fake") and KID."""
+def inception_fid_kid(feat_gen: np.ndarray, feat_ref: np.ndarray, *, seed: int = 0) -> dict:
+    """Standard FID and KID of Inception features (ref = "real", gen = "fake"): the formulas of torchmetrics'
+    FrechetInceptionDistance / KernelInceptionDistance (tests check they agree), computed by our own
+    ``frechet_distance`` and ``kernel_distance``."""
     import torch
 
     g = torch.from_numpy(np.asarray(feat_gen, np.float64))

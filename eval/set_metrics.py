@@ -84,7 +84,7 @@ class SetExtractors:
 
     def distances(self, window=None) -> dict:
         """FID/KID and corpus-FD/KID between the generated and reference features inside ``window``."""
-        from eval.frechet import CORPUS_FD_LABEL, INCEPTION_LABEL, set_distances, torchmetrics_fid_kid
+        from eval.frechet import CORPUS_FD_LABEL, INCEPTION_LABEL, inception_fid_kid, set_distances
 
         out = {"fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan, "n_frames": [0, 0],
                "feature_extractor": INCEPTION_LABEL if self.inception is not None else None,
@@ -93,7 +93,7 @@ class SetExtractors:
                "corpus_note": self.corpus_note}
         f = self.feats
         if self.inception is not None:
-            r = torchmetrics_fid_kid(f[("inception", "gen")].select(window), f[("inception", "ref")].select(window),
+            r = inception_fid_kid(f[("inception", "gen")].select(window), f[("inception", "ref")].select(window),
                                      seed=self.seed)
             out.update(fid=r["fid"], kid_mean=r["kid_mean"], kid_std=r["kid_std"], n_frames=r["n_frames"],
                        fid_note=r["note"])

@@ -17,7 +17,7 @@ Per window (``summarize_windows`` output entry; ``frames_per_window`` = N, ``cor
 - ``corpus_fd``, ``corpus_kid_mean``, ``corpus_kid_std``: generated vs real, on the project's offline
   extractor (``eval.features``; "corpus-FD (not standard FID)"), N frames per side;
 - ``fid``, ``kid_mean``, ``kid_std``: the same with Inception features when the caller has them
-  (``eval.frechet.torchmetrics_fid_kid``), else NaN;
+  (``eval.frechet.inception_fid_kid``), else NaN;
 - ``identity_gen_mean`` / ``identity_ref_mean`` / ``identity_ratio``: ``eval.identity`` drift (mean
   feature distance of a window's frames to the clip's reference frame), averaged over clips, for the
   generated and the real clips, and generated / real;
@@ -172,7 +172,7 @@ def summarize_windows(windows, samples: list[dict], *, frames_per_window: int | 
 
     ``frames_per_window``: N for the corpus-FD of every window (default: the smallest count available).
     ``fid_kid``: callable(gen [N, D], ref [N, D], seed=) -> dict(fid, kid_mean, kid_std) for Inception
-    features (default ``eval.frechet.torchmetrics_fid_kid``); used only when Inception features exist.
+    features (default ``eval.frechet.inception_fid_kid``); used only when Inception features exist.
     """
     from eval.frechet import CORPUS_FD_LABEL, set_distances
 
@@ -200,7 +200,7 @@ def summarize_windows(windows, samples: list[dict], *, frames_per_window: int | 
         notes += [note] if note else []
         if incep[name][0] is not None:
             if fid_kid is None:
-                from eval.frechet import torchmetrics_fid_kid as fid_kid
+                from eval.frechet import inception_fid_kid as fid_kid
             r, note = _distances(incep, name, n_incep, seed, i, lambda a, b: fid_kid(a, b, seed=seed))
             if r is not None:
                 entry.update(fid=r["fid"], kid_mean=r["kid_mean"], kid_std=r["kid_std"])

@@ -18,9 +18,9 @@ from eval.frechet import (
     corpus_frechet,
     frechet_distance,
     gaussian_stats,
+    inception_fid_kid,
     kernel_distance,
     set_distances,
-    torchmetrics_fid_kid,
 )
 from mf.constants import HELDOUT_SEED_START
 from mf.media import read_audio, resample_audio
@@ -131,18 +131,30 @@ def test_frechet_high_dimensional_diagonal_closed_form_and_torchmetrics_agree():
     assert frechet_distance(np.zeros(d), np.diag(va), mu, np.diag(vb)) == pytest.approx(expected, rel=1e-9)
     a = rng.normal(size=(200, 16))
     b = rng.normal(size=(200, 16)) * 1.3 + 0.2
-    tm = torchmetrics_fid_kid(a, b)
+    tm = inception_fid_kid(a, b)
     assert tm["fid"] == pytest.approx(_torchmetrics_fid(a, b), rel=1e-6)
     assert tm["n_frames"] == [200, 200]
+
+
+def _precomputed(dim: int):
+    """An identity "feature extractor", so torchmetrics' metrics take features we already have."""
+    import torch
+
+    class Identity(torch.nn.Module):
+        num_features = dim
+
+        def forward(self, x):
+            return x
+
+    return Identity()
 
 
 def _torchmetrics_fid(a, b) -> float:
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from eval.frechet import _Precomputed
 
-    fid = FrechetInceptionDistance(feature=_Precomputed(a.shape[1]))
+    fid = FrechetInceptionDistance(feature=_precomputed(a.shape[1]))
     fid.update(torch.from_numpy(b), real=True)
     fid.update(torch.from_numpy(a), real=False)
     return float(fid.compute())
@@ -165,11 +177,10 @@ def test_kid_matches_torchmetrics_kernel_inception_distance():
     import torch
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from eval.frechet import _Precomputed
 
     rng = np.random.default_rng(6)
     a, b = rng.normal(size=(150, 16)), rng.normal(size=(150, 16)) * 1.2 + 0.1
-    kid = KernelInceptionDistance(feature=_Precomputed(16), subsets=1, subset_size=150)
+    kid = KernelInceptionDistance(feature=_precomputed(16), subsets=1, subset_size=150)
     kid.update(torch.from_numpy(b), real=True)
     kid.update(torch.from_numpy(a), real=False)
     assert float(kid.compute()[0]) == pytest.approx(kernel_distance(a, b)[0], rel=1e-6)  # same unbiased MMD^2
@@ -292,8 +303,8 @@ def test_inception_pristine_vs_distorted_when_weights_are_installed(real_frames)
                     "FID-Inception part skipped")
     ex = InceptionExtractor(allow_download=False)
     ref, held = real_frames[0::4], real_frames[1::4]
-    clean = torchmetrics_fid_kid(ex(held), ex(ref))
-    blurred = torchmetrics_fid_kid(ex(_distort(held, "blur")), ex(ref))
+    clean = inception_fid_kid(ex(held), ex(ref))
+    blurred = inception_fid_kid(ex(_distort(held, "blur")), ex(ref))
     assert clean["fid"] < blurred["fid"]
 
 
