@@ -27,7 +27,7 @@ from eval.windows import (
 )
 from mf.configs import get_preset
 from mf.model import MFTransformer
-from mf.pipeline import build_conditions, chunk_seed, generate, load_studio
+from mf.pipeline import build_conditions, chunk_seed, generate
 from mf.train import mutual_forcing as mfl
 from mf.train.flow_matching import Pair, conditions
 from mf.train.latents import LatentBatch, random_latents
@@ -36,15 +36,6 @@ from mf.train.stages import RECIPES
 MICRO = get_preset("micro")
 FC, W = MICRO.frames_per_chunk, MICRO.window_chunks
 
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    s = load_studio(assets=tmp_path_factory.mktemp("no_assets"), preset="micro", codec_preset="micro")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in s.model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return s
 
 
 def _pipeline_noise(studio, seed):

@@ -10,19 +10,8 @@ import torch
 
 from mf.configs import MAX_SECONDS
 from mf.constants import FPS, SAMPLES_PER_FRAME
-from mf.pipeline import generate, load_studio
+from mf.pipeline import generate
 from mf.sampler import make_schedule
-
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    """Initial-weight studio (no assets) with the micro model, its weights randomised so outputs vary."""
-    s = load_studio(assets=tmp_path_factory.mktemp("no_assets"), preset="micro", codec_preset="micro")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in s.model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return s
 
 
 def run(studio, **kw):

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mf.conditions import Conditions
 from mf.graphs import GraphedModel, new_static_cache
 from mf.model import MFTransformer
-from mf.pipeline import generate, load_studio
+from mf.pipeline import generate
 from mf.sampler import make_schedule, sample_chunk
 from mf.static_cache import EMPTY_CHUNK
 
@@ -182,15 +182,6 @@ def test_the_passes_a_cuda_graph_captures_make_no_host_sync(model, monkeypatch):
             assert all(torch.isfinite(x).all() for x in out)
         runner.cache.frozen = False
 
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    s = load_studio(assets=tmp_path_factory.mktemp("no_assets"), preset="micro", codec_preset="micro")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in s.model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return s
 
 
 @pytest.mark.parametrize("kw", [dict(steps=3), dict(steps=2, cfg_scale=1.5), dict(steps=2, fuse_cache_write=False)],
