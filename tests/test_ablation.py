@@ -63,3 +63,95 @@ def test_the_sampler_tells_the_jump_only_to_arms_whose_objective_trains_a_few_st
     for arm in ARMS.values():
         for steps, mode in arm.sampling:
             assert mode == ("multi" if steps > 16 or arm.objective == "fm" else "few"), (arm.name, steps)
+
+
+# ----------------------------------------------------------------------------- eval.ablation
+
+def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
+    from eval.ablation_report import bootstrap
+
+    rng = np.random.default_rng(0)
+    small, large = bootstrap(rng.normal(5, 2, 10), seed=1), bootstrap(rng.normal(5, 2, 400), seed=1)
+    for b in (small, large):
+        assert b["lo"] <= b["mean"] <= b["hi"] and b["lo"] < b["hi"]
+    assert (large["hi"] - large["lo"]) < 0.5 * (small["hi"] - small["lo"])
+    assert large["n"] == 400 and abs(large["point"] - 5) < 0.5
+    assert bootstrap([1.0, 2.0, 3.0], seed=3) == bootstrap([1.0, 2.0, 3.0], seed=3)  # deterministic
+
+
+def _fake_clip(rng, n_frames, shift, windows):
+    from eval.windows import window_name
+
+    return {"windows": {window_name(w): {"features": rng.normal(shift, 1, (n_frames, 4)), "identity": 1.0 + shift,
+                                         "sync_ms": 40.0 * shift, "audio": rng.normal(shift, 1, (n_frames, 3))}
+                        for w in windows}, "model_s": 0.1}
+
+
+def test_set_metrics_separate_a_shifted_system_and_intervals_shrink_with_clips():
+    from eval.ablation_report import system_metrics
+
+    rng = np.random.default_rng(0)
+    w = ((0.0, 5.0),)
+    ref = [_fake_clip(rng, 20, 0.0, w) for _ in range(40)]
+    good = system_metrics([_fake_clip(rng, 20, 0.0, w) for _ in range(40)], ref, w, n_boot=40)["0-5"]
+    bad = system_metrics([_fake_clip(rng, 20, 1.5, w) for _ in range(40)], ref, w, n_boot=40)["0-5"]
+    few = system_metrics([_fake_clip(rng, 20, 1.5, w) for _ in range(4)], ref[:4], w, n_boot=40)["0-5"]
+    for metric in ("corpus_fd", "audio_fd"):
+        assert good[metric]["hi"] < bad[metric]["lo"], metric
+        assert bad[metric]["lo"] <= bad[metric]["mean"] <= bad[metric]["hi"]
+        assert bad[metric]["hi"] - bad[metric]["lo"] < few[metric]["hi"] - few[metric]["lo"], metric
+    assert good["sync_within_40ms"]["mean"] == 1.0 and bad["sync_abs_ms"]["mean"] == 60.0
+
+
+@pytest.fixture(scope="module")
+def ablation_run(tmp_path_factory):
+    from eval.ablation import main
+    from mf.codecs import AudioCodec, VideoCodec
+    from mf.model import MFTransformer
+    from mf.train.arms import export_arm
+
+    tmp = tmp_path_factory.mktemp("ablation")
+    torch.manual_seed(0)
+    micro = MFTransformer.from_preset("micro", video_channels=8, latent_size=8, n_mels=80)
+    export_arm(micro, tmp / "arms" / "F", ARMS["F"], {"steps": 0})
+    codecs = (VideoCodec.from_preset("micro"), AudioCodec.from_preset("micro"))
+
+    def extractor(frames):  # a tiny deterministic frame feature: channel means of a 2x2 grid
+        f = np.asarray(frames, np.float64)
+        h, w = f.shape[1] // 2, f.shape[2] // 2
+        return np.concatenate([f[:, i * h:(i + 1) * h, j * w:(j + 1) * w].mean(axis=(1, 2))
+                               for i in range(2) for j in range(2)], axis=1)
+
+    out = tmp / "out"
+    rc = main(["--arms-dir", str(tmp / "arms"), "--arms", "C,F", "--steps", "4", "--clips-per-set", "2",
+               "--long-seconds", "6", "--n-boot", "20", "--json", str(out) + ".json", "--markdown", str(out) + ".md",
+               "--html", str(out) + ".html"], codec_objects=codecs, extractor=extractor)
+    assert rc == 0
+    return json.loads((tmp / "out.json").read_text()), tmp
+
+
+def test_ablation_json_has_the_documented_shape_and_reports_missing_arms(ablation_run):
+    result, tmp = ablation_run
+    assert [m["arm"] for m in result["missing"]] == ["C"] and "mf.train arm --arm C" in result["missing"][0]["reason"]
+    assert [(s["arm"], s["steps"]) for s in result["systems"]] == [("real", None), ("F", 4)]
+    assert len(result["seeds"]) == 3 and len({s for part in result["seeds"] for s in part}) == 6
+    assert min(min(p) for p in result["seeds"]) >= 10**6 or min(min(p) for p in result["seeds"]) >= 0
+    assert result["windows"] == ["0-5"] and result["command"].startswith("python -m eval.ablation")
+    f = result["systems"][1]
+    for part in (f["short"], f["windows"]["0-5"]):
+        for key in ("corpus_fd", "kid", "sync_abs_ms", "sync_within_40ms", "audio_fd", "model_s_per_chunk"):
+            assert set(part[key]) >= {"mean", "lo", "hi"}, key
+        assert part["corpus_fd"]["lo"] <= part["corpus_fd"]["mean"] <= part["corpus_fd"]["hi"]
+    assert f["short"]["model_s_per_chunk"]["mean"] > 0
+    assert (tmp / "out.html").stat().st_size > 1000
+
+
+def test_markdown_table_is_generated_from_the_json(ablation_run):
+    from eval.ablation_report import markdown_table
+
+    result, tmp = ablation_run
+    text = markdown_table(result)
+    assert text == (tmp / "out.md").read_text().rstrip("\n")
+    fd = result["systems"][1]["windows"]["0-5"]["corpus_fd"]
+    assert f"| F | 4 | {fd['mean']:.2f} [{fd['lo']:.2f}, {fd['hi']:.2f}]" in text
+    assert "Missing arms" in text and "C:" in text
