@@ -130,6 +130,7 @@ def ablation_run(tmp_path_factory):
     return json.loads((tmp / "out.json").read_text()), tmp
 
 
+@pytest.mark.slow  # ~5 min on 2 shared cores: generation + the sync estimator on every clip
 def test_ablation_json_has_the_documented_shape_and_reports_missing_arms(ablation_run):
     result, tmp = ablation_run
     assert [m["arm"] for m in result["missing"]] == ["C"] and "mf.train arm --arm C" in result["missing"][0]["reason"]
@@ -146,7 +147,8 @@ def test_ablation_json_has_the_documented_shape_and_reports_missing_arms(ablatio
     assert (tmp / "out.html").stat().st_size > 1000
 
 
-def test_markdown_table_is_generated_from_the_json(ablation_run):
+@pytest.mark.slow
+def test_markdown_table_is_generated_from_the_json_written_by_the_run(ablation_run):
     from eval.ablation_report import markdown_table
 
     result, tmp = ablation_run
@@ -155,3 +157,43 @@ def test_markdown_table_is_generated_from_the_json(ablation_run):
     fd = result["systems"][1]["windows"]["0-5"]["corpus_fd"]
     assert f"| F | 4 | {fd['mean']:.2f} [{fd['lo']:.2f}, {fd['hi']:.2f}]" in text
     assert "Missing arms" in text and "C:" in text
+
+
+def test_missing_arms_are_named_with_the_command_that_makes_them(tmp_path):
+    from eval.ablation import find_arms
+    from mf.model import MFTransformer
+    from mf.train.arms import export_arm
+
+    export_arm(MFTransformer.from_preset("micro"), tmp_path / "B", ARMS["B"], {"steps": 3})
+    (tmp_path / "E").mkdir()
+    present, missing = find_arms(tmp_path, ["B", "e", "F"])
+    assert [(a.name, f.name) for a, f in present] == [("B", "B")]
+    assert [m["arm"] for m in missing] == ["E", "F"]
+    assert all("python -m mf.train arm --arm" in m["reason"] and str(tmp_path) not in m["reason"] for m in missing)
+    meta = json.loads((tmp_path / "B" / "arm.json").read_text())
+    assert meta["weights_of"] == "A" and meta["sampling"] == [[4, "multi"]] and meta["training"] == {"steps": 3}
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(str(tmp_path / "B" / "diffusion_pytorch_model.safetensors")).values()} == {
+        torch.float16}
+
+
+def test_markdown_table_is_generated_from_the_json():
+    from eval.ablation_report import figure, markdown_table, system_metrics
+
+    rng = np.random.default_rng(1)
+    short, win = ((0.0, 2.0),), ((0.0, 5.0), (5.0, 15.0))
+    ref_s, ref_w = [_fake_clip(rng, 10, 0.0, short) for _ in range(6)], [_fake_clip(rng, 10, 0.0, win) for _ in range(6)]
+    systems = []
+    for arm, shift in (("real", 0.0), ("F", 0.5)):
+        s = system_metrics([_fake_clip(rng, 10, shift, short) for _ in range(6)], ref_s, short, n_boot=10)["0-2"]
+        w = system_metrics([_fake_clip(rng, 10, shift, win) for _ in range(6)], ref_w, win, n_boot=10)
+        systems.append({"arm": arm, "steps": 4 if arm == "F" else None, "short": s, "windows": w})
+    result = {"systems": systems, "seeds": [[10, 11], [12, 13], [14, 15]], "floor_seeds": [16, 21],
+              "missing": [{"arm": "C", "reason": "no weights"}], "windows": ["0-5", "5-15"], "command": "python -m x"}
+    text = markdown_table(json.loads(json.dumps(result)))
+    fd = systems[1]["windows"]["5-15"]["corpus_fd"]
+    assert f"| F | 4 | {fd['mean']:.2f} [{fd['lo']:.2f}, {fd['hi']:.2f}]" in text
+    assert text.count("| real | - |") == 3 and "**25 s clips, 5-15 s**" in text and "C: no weights" in text
+    fig = figure(result)
+    assert [t.name for t in fig.data] == ["real", "F@4"] and list(fig.data[1].y) == [
+        systems[1]["windows"][k]["corpus_fd"]["mean"] for k in ("0-5", "5-15")]

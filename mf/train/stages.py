@@ -203,6 +203,11 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         init = None  # a synthetic smoke run (tests, `accelerate launch ... --synthetic`) may start from scratch
     model = load_model(Path(init)) if init else new_model(args.preset, latents, dim=args.dim, depth=args.depth)
     model.to(device).train()
+    if world > 1:  # every rank starts from rank 0's weights (a scratch init is seeded per rank)
+        from accelerate.utils import broadcast
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(broadcast(p.detach().clone()))
     fc = model.model_config.frames_per_chunk
     mf_stage = stage in ("mutual", "baseline_c", "baseline_e", "arm")
     lr = args.lr or (recipe.mf_lr if mf_stage else recipe.lr)
@@ -288,6 +293,11 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
                "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
                "device": str(device), "processes": world}
+    if world > 1:  # data parallel by hand: check that the ranks still hold the same weights
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()] +
+                           [p.detach().double().square().sum() for p in model.parameters()]).to(device)
+        gathered = accelerator.gather(sums[None]).reshape(world, -1)
+        summary["rank_weight_max_diff"] = float((gathered - gathered[0]).abs().max())
     if arm is not None:
         summary.update(arm=arm.name, mf_config={k: v for k, v in vars(cfg).items()})
     if accelerator.is_main_process:
