@@ -197,3 +197,26 @@ def test_markdown_table_is_generated_from_the_json():
     fig = figure(result)
     assert [t.name for t in fig.data] == ["real", "F@4"] and list(fig.data[1].y) == [
         systems[1]["windows"][k]["corpus_fd"]["mean"] for k in ("0-5", "5-15")]
+
+
+def test_one_command_trains_every_arm_from_one_init_with_equal_steps_and_batch(tmp_path):
+    from mf.model import MFTransformer
+    from mf.train import stages
+
+    MFTransformer.from_preset("micro").save_pretrained(str(tmp_path / "init"))
+    assert stages.main(["arm", "--arm", "all", "--preset", "micro", "--synthetic", "--runs", str(tmp_path / "runs"),
+                        "--init", str(tmp_path / "init"), "--arms-dir", str(tmp_path / "arms"), "--steps", "1",
+                        "--max-history", "2", "--log-every", "100"]) == 0
+    metas = {k: json.loads((tmp_path / "arms" / k / "arm.json").read_text()) for k in ORDER}
+    trained = [metas[k]["training"] for k in "ACDEF"]
+    assert {(t["steps"], t["batch_size"], t["n_chunks"], t["init"]) for t in trained} == {
+        (1, trained[0]["batch_size"], 3, str(tmp_path / "init"))}
+    assert [t["arm"] for t in trained] == list("ACDEF")
+    assert {k: metas[k]["training"]["mf_config"]["history"] for k in "ACDEF"} == {
+        "A": "real", "C": "real", "D": "generated", "E": "generated", "F": "generated"}
+    a = (tmp_path / "arms" / "A" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (tmp_path / "arms" / "B" / "diffusion_pytorch_model.safetensors").read_bytes() == a
+    assert metas["B"]["weights_of"] == "A"
+    # equal optimizer steps, never wall time
+    assert stages.main(["arm", "--arm", "C", "--preset", "micro", "--synthetic", "--init", str(tmp_path / "init"),
+                        "--minutes", "1", "--steps", "1", "--runs", str(tmp_path / "r2")]) == 2

@@ -196,7 +196,8 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     accelerator = make_accelerator(cpu=args.cpu or None)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    gen = seed_everything(args.seed * 1000 + rank + 17 * TRAIN_STAGES.index(stage))
+    # every arm uses stage 3's seed: the same batches, in the same order, for each arm
+    gen = seed_everything(args.seed * 1000 + rank + 17 * TRAIN_STAGES.index("mutual" if arm else stage))
 
     init = args.init or (str(Path(args.runs) / INIT_FROM[stage] / "ema") if INIT_FROM[stage] else None)
     if init and not args.init and args.synthetic and not (Path(init) / "config.json").is_file():
