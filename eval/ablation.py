@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None, *, codec_objects=None, extractor=None) -
     if args.html:
         figure(result).write_html(args.html, include_plotlyjs=True)
     if args.card:
-        update_card(Path(args.card), "ablation", table)
+        update_card(Path(args.card), "factor-ablation", table)
     return 0
 
 
