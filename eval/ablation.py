@@ -129,7 +129,8 @@ def run(args, command: str) -> dict:
     floor = {"arm": "real", "steps": None, "mode": None, "weights": None}
     for p, w, sec, text in parts:
         clips = [real_clip(s, sec, w, ctx, text) for s in floor_seeds]
-        floor[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx)
+        floor[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
+                                        max_frames=args.frames)
     systems.append(floor)
     for arm, folder in present:
         studio = load_studio(model_dir=folder, codecs=codecs, device=args.device)
@@ -142,7 +143,8 @@ def run(args, command: str) -> dict:
                 t0 = time.monotonic()
                 clips = [generated_clip(studio, steps, mode, s, sec, w, ctx, text) for s in seeds]
                 _log(f"arm {arm.name}@{steps} {p}: {len(clips)} clips in {time.monotonic() - t0:.0f} s")
-                entry[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx)
+                entry[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
+                                        max_frames=args.frames)
             systems.append(entry)
     for s in systems:
         s["short"] = s["short"]["0-" + f"{args.short_seconds:g}"] | {"by_set": s["short"].get("by_set")}
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-seconds", type=float, default=2.0)
     p.add_argument("--long-seconds", type=float, default=25.0, help="0 skips the long clips")
     p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--frames", type=int, default=256, help="N frames per window and side for FD / KID")
     p.add_argument("--quick", action="store_true", help="2 seeds per set, 15 s long clips, 100 bootstraps")
     p.add_argument("--first-seed", type=int, default=HELDOUT_SEED_START)
     p.add_argument("--codecs", default="assets/codecs")

@@ -84,14 +84,17 @@ def _metrics_once(gen: list[dict], ref: list[dict], idx, windows, n_frames) -> d
 
 
 def system_metrics(gen: list[dict], ref: list[dict], windows, *, n_boot: int = 200, seed: int = 0,
-                   sets: list[list[int]] | None = None) -> dict:
+                   sets: list[list[int]] | None = None, max_frames: int = 256) -> dict:
     """{window key: {metric: interval}} for one system; ``gen[i]`` and ``ref[i]`` are the measurements of
     the same seed (``{"windows": {window name: {features, identity, sync_ms, audio}}, "model_s": s}``).
-    ``sets``: clip indices of each seed set -> also ``"by_set"``: the point values per set."""
+    ``sets``: clip indices of each seed set -> also ``"by_set"``: the point values per set.
+    ``max_frames``: N of the set metrics (frames per window and side, the same everywhere): KID costs
+    O(N^2) per replicate, so the default 256 (2x the 128-d corpus features) keeps B replicates affordable."""
     if len(gen) != len(ref) or len(gen) < 2:
         raise ValueError(f"need >= 2 paired clips, got {len(gen)} generated and {len(ref)} real")
-    n_frames = min(len(c["windows"][window_name(w)]["features"]) for c in gen + ref for w in windows
+    per_clip = min(len(c["windows"][window_name(w)]["features"]) for c in gen + ref for w in windows
                    if window_name(w) in c["windows"])
+    n_frames = min(per_clip * len(gen), max_frames)  # one N for every window, the point and every replicate
     point = _metrics_once(gen, ref, range(len(gen)), windows, n_frames)
     rng = np.random.default_rng(seed)
     reps = [_metrics_once(gen, ref, rng.integers(0, len(gen), len(gen)), windows, n_frames) for _ in range(n_boot)]

@@ -30,6 +30,7 @@ B's folder holds a copy of A's weights with B's arm.json (so each arm is one sel
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -139,6 +140,8 @@ def train_arms(args, latents, names: list[str], *, run_stage, budget_for, log) -
     for arm in arms:
         dest = out_root / arm.name
         if not arm.trained:
+            if int(os.environ.get("RANK", "0")) != 0:  # under accelerate only rank 0 writes (it exported A)
+                continue
             src = out_root / arm.weights_of
             if not (src / "config.json").is_file():
                 raise FileNotFoundError(f"arm {arm.name} needs arm {arm.weights_of}'s weights; train it first")
