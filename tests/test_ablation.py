@@ -182,7 +182,8 @@ def test_markdown_table_is_generated_from_the_json():
 
     rng = np.random.default_rng(1)
     short, win = ((0.0, 2.0),), ((0.0, 5.0), (5.0, 15.0))
-    ref_s, ref_w = [_fake_clip(rng, 10, 0.0, short) for _ in range(6)], [_fake_clip(rng, 10, 0.0, win) for _ in range(6)]
+    ref_s = [_fake_clip(rng, 10, 0.0, short) for _ in range(6)]
+    ref_w = [_fake_clip(rng, 10, 0.0, win) for _ in range(6)]
     systems = []
     for arm, shift in (("real", 0.0), ("F", 0.5)):
         s = system_metrics([_fake_clip(rng, 10, shift, short) for _ in range(6)], ref_s, short, n_boot=10)["0-2"]
