@@ -129,13 +129,14 @@ def read_arm(folder: Path) -> dict:
 def train_arms(args, latents, names: list[str], *, run_stage, budget_for, log) -> list[dict]:
     """Train the arms ``names`` in order from ``args.init`` with the same steps / batch / data; export each
     to ``<args.arms_dir>/<arm>/``. B is not trained: it is A's exported weights under B's arm.json, so
-    A is trained first when B is asked for without it."""
+    A is trained first when B is asked for and A's folder does not exist yet."""
     import shutil
 
     arms = [get_arm(n) for n in names]
-    if any(not a.trained for a in arms) and "A" not in [a.name for a in arms]:
-        arms.insert(0, ARMS["A"])
     out_root = Path(args.arms_dir)
+    if (any(not a.trained for a in arms) and "A" not in [a.name for a in arms]
+            and not (out_root / "A" / "config.json").is_file()):
+        arms.insert(0, ARMS["A"])
     summaries = []
     for arm in arms:
         dest = out_root / arm.name
