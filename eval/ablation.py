@@ -1,100 +1,157 @@
-"""`python -m eval.ablation`: the systems x steps x metrics table of the model card.
+"""`python -m eval.ablation`: the factor table of the ablation arms A-F (issue 13), straight from its runs.
 
-For N held-out corpus seeds (>= HELDOUT_SEED_START, never trained on), every system generates one
-clip per seed with the pipeline (`mf.pipeline.generate`, the app's code path: same seed -> same
-character, script and noise for every system), and we measure:
-  sync |ms|    median |offset| of the weight-free sync estimator (eval.sync.estimate_sync) between
-               the generated audio and video (the corpus itself is in sync: offset 0)
-  sync conf    median confidence of that estimate
-  corpus-FD    Fréchet distance of the generated frames to real corpus frames of the same seeds,
-               with the project's offline feature extractor (eval.frechet.corpus_frechet); KID beside
-  s/chunk      model seconds per chunk (network only, from the chunk timings)
-Rows: Mutual Forcing at 4 / 8 / 50 steps (same weights), baseline B (stage-2 weights, no
-self-distillation) at 4 and 50 steps, and baselines C / E at 4 steps when their weights exist.
-A "real vs real" row (another set of held-out corpus seeds) gives the metric's noise floor.
+    python -m eval.ablation --json runs/ablation.json --markdown runs/ablation.md --html runs/ablation.html
+    python -m eval.ablation --quick ...        # fewer / shorter clips (sized for ~15 min on 2 cores)
 
-Output: a markdown table (stdout and --markdown), and --json with every per-clip number.
+Arms are read from ``<--arms-dir>/<arm>/`` (layout in ``mf.train.arms``; produced by
+``python -m mf.train arm --arm all``); each arm is sampled at its steps of ``mf.train.arms.ARMS`` (B: 4 Euler
+steps with d = 0, mode "multi"). An absent arm is listed under "missing" (JSON and markdown) and the
+others are measured. For 3 disjoint held-out seed sets (seeds >= HELDOUT_SEED_START; set k is
+``first + k n .. first + (k + 1) n - 1``) every system generates, with ``mf.pipeline.generate`` (the app's
+code path), one 2 s clip per seed (random babble, the corpus renders the same seed) and one 25 s clip
+per seed saying ``eval.long_horizon.LONG_TEXT`` (windows 0-5 / 5-15 / 15-25 s). Per clip and window:
+corpus features, identity distance and sync offset (``eval.long_horizon.clip_measurements``) and the
+log-mel frames of the audio; the numbers with their intervals come from ``eval.ablation_report``.
+A "real" row (the corpus of 3n further seeds vs the real clips) gives every metric's floor.
+
+Outputs: --json (``{"systems": [{"arm", "steps", "mode", "short": {metric: {mean, lo, hi, ...}},
+"windows": {"0-5": {...}, ...}}], "seeds", "floor_seeds", "missing", "command", ...}``), --markdown
+(``eval.ablation_report.markdown_table`` of that JSON) and --html (plotly figure: corpus-FD per window,
+one line per arm). ``--training-only --card`` refreshes the model card's training table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mf.constants import FPS, HELDOUT_SEED_START, SAMPLE_RATE
+from mf.constants import FPS, HELDOUT_SEED_START, MELS_PER_FRAME, SAMPLE_RATE
 
-DEFAULT_SYSTEMS = (
-    # name, weights folder, steps
-    ("Mutual Forcing", "assets/model", (4, 8, 50)),
-    ("B: stage 2, no self-distillation", "runs/joint/ema", (4, 50)),
-    ("C: ShortCut + teacher forcing", "runs/baseline_c/ema", (4,)),
-    ("E: Self-Forcing DMD, frozen teacher", "runs/baseline_e/ema", (4,)),
-)
+LONG_WINDOWS = ((0.0, 5.0), (5.0, 15.0), (15.0, 25.0))
+N_SETS = 3
 
 
 class AblationError(Exception):
     pass
 
 
-def measure_system(studio, steps: int, seeds: list[int], seconds: float, log) -> dict:
-    from eval.sync import estimate_sync
-    from mf.pipeline import generate_clip
-
-    rows, frames_all = [], []
-    t0 = time.monotonic()
-    for i, seed in enumerate(seeds):
-        frames, audio, chunks = generate_clip(studio, steps=steps, seed=seed, seconds=seconds)
-        sync = estimate_sync(frames, FPS, audio, SAMPLE_RATE)
-        model_s = float(np.mean([c.timings["model_s"] for c in chunks]))
-        rows.append({"seed": seed, "offset_ms": float(sync.offset_ms), "confidence": float(sync.confidence),
-                     "flag": sync.flag, "model_s_per_chunk": model_s})
-        frames_all.append(frames[:: max(1, len(frames) // 8)])  # 8 frames per clip for the FD
-        if log and (i + 1) % 10 == 0:
-            log(f"  {i + 1}/{len(seeds)} clips ({time.monotonic() - t0:.0f} s)")
-    return {"rows": rows, "frames": frames_all}
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def summarise(rows: list[dict]) -> dict:
-    offsets = np.array([abs(r["offset_ms"]) for r in rows if r["flag"] not in ("too_short", "silent_audio",
-                                                                                "static_video")])
-    conf = np.array([r["confidence"] for r in rows if np.isfinite(r["confidence"])])
-    return {"sync_abs_ms_median": float(np.median(offsets)) if offsets.size else float("nan"),
-            "sync_conf_median": float(np.median(conf)) if conf.size else float("nan"),
-            "n_sync": int(offsets.size),
-            "model_s_per_chunk": float(np.mean([r["model_s_per_chunk"] for r in rows]))}
+def measure_clip(frames, audio, reference_frame, windows, extractor, audio_codec) -> dict:
+    """One clip -> {window name: {features, identity, sync_ms, audio (log-mel frames [n, M])}}."""
+    import torch
+
+    from eval.long_horizon import clip_measurements
+    from eval.windows import window_frame_indices, window_name
+
+    out = clip_measurements(frames, audio, reference_frame, windows, extractor)
+    mel = audio_codec.encode(torch.as_tensor(np.asarray(audio, np.float32)), SAMPLE_RATE).cpu().numpy()
+    for w in windows:
+        name = window_name(w)
+        if name in out:
+            idx = window_frame_indices(w, len(frames), FPS)
+            out[name]["audio"] = mel[idx[0] * MELS_PER_FRAME: (idx[-1] + 1) * MELS_PER_FRAME]
+    return out
 
 
-def real_frames(seeds: list[int], seconds: float, size: int) -> tuple[list[np.ndarray], list[dict]]:
-    from eval.sync import estimate_sync
+def real_clip(seed: int, seconds: float, windows, ctx: dict, text: str | None) -> dict:
     from mf.data import render_clip
+    from mf.pipeline import reference_frame
 
-    frames, rows = [], []
-    for seed in seeds:
-        clip = render_clip(seed, seconds, size=size)
-        sync = estimate_sync(clip.frames, FPS, clip.audio, SAMPLE_RATE)
-        rows.append({"seed": seed, "offset_ms": float(sync.offset_ms), "confidence": float(sync.confidence),
-                     "flag": sync.flag, "model_s_per_chunk": 0.0})
-        frames.append(clip.frames[:: max(1, len(clip.frames) // 8)])
-    return frames, rows
+    clip = render_clip(seed, seconds, text=text, size=ctx["size"])
+    ref, _ = reference_frame(seed, ctx["size"], seed)
+    return {"windows": measure_clip(clip.frames, clip.audio, ref, windows, ctx["extractor"], ctx["audio_codec"]),
+            "model_s": math.nan}
 
 
-def markdown_table(results: list[dict], meta: dict) -> str:
-    lines = [f"Held-out corpus seeds {meta['first_seed']}..{meta['first_seed'] + meta['clips'] - 1} "
-             f"({meta['clips']} clips x {meta['seconds']} s); command: `{meta['command']}`", "",
-             "| system | steps | sync median \\|offset\\| (ms) | sync conf (median) | corpus-FD | KID "
-             "| model s/chunk |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        s = r["summary"]
-        lines.append(f"| {r['system']} | {r['steps'] or '-'} | {s['sync_abs_ms_median']:.1f} | "
-                     f"{s['sync_conf_median']:.3f} | {r['fd']:.2f} | {r['kid']:.4f} | {s['model_s_per_chunk']:.3f} |")
-    return "\n".join(lines)
+def generated_clip(studio, steps: int, mode: str, seed: int, seconds: float, windows, ctx: dict,
+                   text: str | None) -> dict:
+    from mf.pipeline import generate_clip, reference_frame
+
+    frames, audio, chunks = generate_clip(studio, steps=steps, mode=mode, seed=seed, seconds=seconds, text=text)
+    ref, _ = reference_frame(seed, ctx["size"], seed)
+    return {"windows": measure_clip(frames, audio, ref, windows, ctx["extractor"], ctx["audio_codec"]),
+            "model_s": float(np.mean([c.timings["model_s"] for c in chunks]))}
+
+
+def find_arms(arms_dir: Path, names) -> tuple[list[tuple], list[dict]]:
+    """(present: [(arm, folder)], missing: [{"arm", "reason"}]) for the requested arm names."""
+    from mf.train.arms import get_arm, read_arm
+
+    present, missing = [], []
+    for name in names:
+        arm = get_arm(name)
+        folder = Path(arms_dir) / arm.name
+        try:
+            read_arm(folder)
+            present.append((arm, folder))
+        except (FileNotFoundError, ValueError) as exc:
+            missing.append({"arm": arm.name, "reason": f"{exc} (make it: python -m mf.train arm --arm {arm.name} "
+                                                       "--init <stage-2 weights> --steps N)"})
+    return present, missing
+
+
+def run(args, command: str) -> dict:
+    """Generate and measure every system; the result JSON (see the module docstring)."""
+    import torch
+
+    from eval.ablation_report import system_metrics
+    from eval.features import load_extractor
+    from eval.long_horizon import LONG_TEXT
+    from mf.codecs import load_codecs
+    from mf.pipeline import load_studio
+
+    n = args.clips_per_set
+    first = args.first_seed
+    sets = [list(range(first + k * n, first + (k + 1) * n)) for k in range(N_SETS)]
+    seeds = [s for part in sets for s in part]
+    floor_seeds = [first + N_SETS * n + i for i in range(len(seeds))]
+    set_idx = [list(range(k * n, (k + 1) * n)) for k in range(N_SETS)]
+    codecs = load_codecs(args.codecs) if args.codecs else args.codec_objects
+    ctx = {"size": codecs[0].frame_size, "extractor": args.extractor or load_extractor(), "audio_codec": codecs[1]}
+    short_w = ((0.0, float(args.short_seconds)),)
+    long_w = tuple(w for w in LONG_WINDOWS if w[1] <= args.long_seconds + 1e-9)
+    parts = [("short", short_w, args.short_seconds, None)] + ([("windows", long_w, args.long_seconds, LONG_TEXT)]
+                                                              if long_w else [])
+    present, missing = find_arms(Path(args.arms_dir), args.arms)
+    for m in missing:
+        _log(f"arm {m['arm']} missing: {m['reason']}")
+    real = {p: [real_clip(s, sec, w, ctx, text) for s in seeds] for p, w, sec, text in parts}
+    systems = []
+    floor = {"arm": "real", "steps": None, "mode": None, "weights": None}
+    for p, w, sec, text in parts:
+        clips = [real_clip(s, sec, w, ctx, text) for s in floor_seeds]
+        floor[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
+                                        max_frames=args.frames)
+    systems.append(floor)
+    for arm, folder in present:
+        studio = load_studio(model_dir=folder, codecs=codecs, device=args.device)
+        studio.model.to(torch.float32)
+        for steps, mode in arm.sampling:
+            if args.steps and steps not in args.steps:
+                continue
+            entry = {"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
+            for p, w, sec, text in parts:
+                t0 = time.monotonic()
+                clips = [generated_clip(studio, steps, mode, s, sec, w, ctx, text) for s in seeds]
+                _log(f"arm {arm.name}@{steps} {p}: {len(clips)} clips in {time.monotonic() - t0:.0f} s")
+                entry[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
+                                        max_frames=args.frames)
+            systems.append(entry)
+    for s in systems:
+        s["short"] = s["short"]["0-" + f"{args.short_seconds:g}"] | {"by_set": s["short"].get("by_set")}
+        s.setdefault("windows", {})
+    return {"systems": systems, "seeds": sets, "floor_seeds": floor_seeds, "missing": missing,
+            "windows": [f"{a:g}-{b:g}" for a, b in long_w], "short_seconds": args.short_seconds,
+            "long_seconds": args.long_seconds, "n_boot": args.n_boot, "command": command}
 
 
 def training_table(runs: Path) -> str:
@@ -127,22 +184,50 @@ def update_card(card: Path, section: str, text: str) -> None:
     card.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__.split("\n")[0])
-    p.add_argument("--clips", type=int, default=50)
-    p.add_argument("--seconds", type=float, default=3.0, help="clip length (the sync estimator flags < 2 s)")
+    p.add_argument("--arms-dir", default="assets/arms")
+    p.add_argument("--arms", default="A,B,C,D,E,F", help="comma-separated arms to measure")
+    p.add_argument("--steps", default=None, help="only these step counts, e.g. 4,50")
+    p.add_argument("--clips-per-set", type=int, default=8, help="seeds per held-out set (3 sets)")
+    p.add_argument("--short-seconds", type=float, default=2.0)
+    p.add_argument("--long-seconds", type=float, default=25.0, help="0 skips the long clips")
+    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--frames", type=int, default=256, help="N frames per window and side for FD / KID")
+    p.add_argument("--quick", action="store_true", help="2 seeds per set, 15 s long clips, 100 bootstraps")
     p.add_argument("--first-seed", type=int, default=HELDOUT_SEED_START)
     p.add_argument("--codecs", default="assets/codecs")
-    p.add_argument("--mf", default="assets/model", help="Mutual Forcing weights")
-    p.add_argument("--runs", default="runs", help="where the baselines' runs/<stage>/ema live")
-    p.add_argument("--steps", default=None, help="restrict every system to these steps, e.g. 4,50")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--card", default=None, help="also write the tables into this model card (between markers)")
+    p.add_argument("--html", default=None, help="plotly figure: corpus-FD per window, one line per arm")
+    p.add_argument("--card", default=None, help="write the table into this model card (between markers)")
     p.add_argument("--training-only", action="store_true",
                    help="only refresh the training table of --card from runs/*/summary.json (no generation)")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    p.add_argument("--runs", default="runs")
+    return p
+
+
+def main(argv: list[str] | None = None, *, codec_objects=None, extractor=None) -> int:
+    """CLI. ``codec_objects`` / ``extractor`` (tests): ready codecs and feature extractor instead of assets."""
+    import torch
+
+    from eval.ablation_report import figure, markdown_table
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     if args.training_only:
         if not args.card:
             print("eval.ablation: --training-only needs --card PATH", file=sys.stderr)
@@ -152,67 +237,34 @@ def main(argv: list[str] | None = None) -> int:
         except (AblationError, OSError) as exc:
             print(f"eval.ablation: {exc}", file=sys.stderr)
             return 2
-        print(training_table(Path(args.runs)))
         return 0
-    if args.first_seed < HELDOUT_SEED_START:
-        print(f"eval.ablation: --first-seed must be >= {HELDOUT_SEED_START} (held-out seeds)", file=sys.stderr)
-        return 2
-    if args.clips < 2:
-        print("eval.ablation: --clips must be >= 2 (a Fréchet distance needs a set)", file=sys.stderr)
+    if args.quick:
+        args.clips_per_set, args.long_seconds, args.n_boot = 2, min(args.long_seconds, 15.0), 100
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    args.steps = {int(s) for s in args.steps.split(",")} if args.steps else None
+    args.codec_objects, args.extractor = codec_objects, extractor
+    if codec_objects is not None:
+        args.codecs = None
+    if args.first_seed < HELDOUT_SEED_START or args.clips_per_set < 2:
+        print(f"eval.ablation: --first-seed must be >= {HELDOUT_SEED_START} and --clips-per-set >= 2",
+              file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
-    log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     try:
-        from eval.features import load_extractor
-        from eval.frechet import corpus_frechet
-        from mf.codecs import load_codecs
-        from mf.pipeline import load_studio
-
-        codecs = load_codecs(args.codecs)
-        extractor = load_extractor()
-        seeds = list(range(args.first_seed, args.first_seed + args.clips))
-        size = codecs[0].frame_size
-        ref_frames, ref_rows = real_frames(seeds, args.seconds, size)
-        floor_frames, floor_rows = real_frames([s + args.clips for s in seeds], args.seconds, size)
-        only = None if args.steps is None else {int(s) for s in args.steps.split(",")}
-        systems = [(n, args.mf if d == "assets/model" else str(Path(args.runs) / Path(d).relative_to("runs")), st)
-                   for n, d, st in DEFAULT_SYSTEMS]
-        fd_floor = corpus_frechet(floor_frames, ref_frames, extractor=extractor)
-        results = [{"system": "real corpus vs real corpus (noise floor)", "steps": None,
-                    "summary": summarise(floor_rows), "fd": fd_floor["fd"], "kid": fd_floor["kid_mean"],
-                    "rows": floor_rows}]
-        for name, folder, steps_list in systems:
-            if not (Path(folder) / "config.json").is_file():
-                log(f"skip {name}: no weights at {folder}")
-                continue
-            studio = load_studio(model_dir=folder, codecs=codecs, device="cpu")
-            for steps in steps_list:
-                if only is not None and steps not in only:
-                    continue
-                log(f"{name} @ {steps} steps: {args.clips} clips")
-                out = measure_system(studio, steps, seeds, args.seconds, log)
-                fd = corpus_frechet(out["frames"], ref_frames, extractor=extractor)
-                results.append({"system": name, "weights": folder, "steps": steps, "summary": summarise(out["rows"]),
-                                "fd": fd["fd"], "kid": fd["kid_mean"], "rows": out["rows"]})
-                log(f"  -> {results[-1]['summary']} corpus-FD {fd['fd']:.2f}")
+        result = _clean(run(args, "python -m eval.ablation " + " ".join(argv)))
     except (AblationError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"eval.ablation: {exc}", file=sys.stderr)
         return 2
-    meta = {"first_seed": args.first_seed, "clips": args.clips, "seconds": args.seconds,
-            "command": "python -m eval.ablation " + " ".join(sys.argv[1:] if argv is None else argv)}
-    table = markdown_table(results, meta)
+    table = markdown_table(result)
     print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=float))
+    if args.html:
+        figure(result).write_html(args.html, include_plotlyjs=True)
     if args.card:
-        try:
-            update_card(Path(args.card), "ablation", table)
-            update_card(Path(args.card), "training", training_table(Path(args.runs)))
-        except (AblationError, OSError) as exc:
-            print(f"eval.ablation: {exc}", file=sys.stderr)
-            return 2
+        update_card(Path(args.card), "factor-ablation", table)
     return 0
 
 

@@ -4,7 +4,7 @@ Stages and the module that owns each (every module exposes `main(argv: list[str]
   codecs                      mf.train.codecs   (video autoencoder + audio vocoder)
   unimodal, joint, mutual,    mf.train.stages   (generator stages 1-3, `all` runs them in order,
   all, baseline_b,                              and the ablation baselines B, C, E)
-  baseline_c, baseline_e
+  baseline_c, baseline_e, arm
 The same command runs under `accelerate launch -m mf.train ...` for data-parallel training.
 """
 
@@ -22,6 +22,7 @@ STAGE_MODULES = {
     "baseline_b": "mf.train.stages",
     "baseline_c": "mf.train.stages",
     "baseline_e": "mf.train.stages",
+    "arm": "mf.train.stages",
 }
 
 

@@ -107,17 +107,20 @@ class MutualForcingConfig:
     ode_steps: int = 16
     dmd_cfg: float = 2.0
     text_drop_p: float = TEXT_DROP_P
+    teacher: str = "online"           # DMD real score: "online" (the model's own d = 0 mode) or "frozen" (E)
 
     def __post_init__(self):
         if self.history not in ("generated", "real"):
             raise ValueError(f"history must be 'generated' or 'real', got {self.history!r}")
+        if self.teacher not in ("online", "frozen"):
+            raise ValueError(f"teacher must be 'online' or 'frozen', got {self.teacher!r}")
         if self.max_history < 0 or self.rollout_steps < 1 or self.dmd_steps < 1 or self.loss_chunks < 1:
             raise ValueError("max_history >= 0, rollout_steps >= 1, dmd_steps >= 1 and loss_chunks >= 1 are required")
 
 
 MUTUAL = MutualForcingConfig()
 BASELINE_C = MutualForcingConfig(history="real", w_dmd=0.0)
-BASELINE_E = MutualForcingConfig(w_fm=0.0, w_shortcut=0.0, w_dmd=1.0)
+BASELINE_E = MutualForcingConfig(w_fm=0.0, w_shortcut=0.0, w_dmd=1.0, teacher="frozen")
 
 
 # ----------------------------------------------------------------------------- streaming history

@@ -9,6 +9,8 @@ Stages (each initialised from the EMA weights of the stage it follows):
   baseline_b  the stage-2 model as is, sampled at few steps (no training: exports runs/joint/ema)
   baseline_c  ShortCut with teacher forcing (real history, no DMD)            (<- joint)
   baseline_e  Self-Forcing-style DMD over self-rollouts, frozen stage-2 teacher (<- joint)
+  arm         the ablation arms A-F of mf.train.arms (`--arm C`, `--arm all`), each from --init with the
+              same --steps and batch, exported float16 to <--arms-dir>/<arm>/ (runs in runs/arms/<arm>/)
 
 Every stage writes runs/<stage>/: losses.csv, losses.png, losses.html, checkpoint.pt (resume; ema/ is
 refreshed with it, so a long run can be evaluated while it goes on),
@@ -48,8 +50,8 @@ from mf.train.common import (
 from mf.train.latents import LatentDataError, LatentSet
 
 TRAIN_STAGES = ("unimodal", "joint", "mutual", "baseline_c", "baseline_e")
-ALL_STAGES = TRAIN_STAGES + ("all", "baseline_b")
-INIT_FROM = {"unimodal": None, "joint": "unimodal", "mutual": "joint", "baseline_c": "joint",
+ALL_STAGES = TRAIN_STAGES + ("all", "baseline_b", "arm")
+INIT_FROM = {"arm": "joint", "unimodal": None, "joint": "unimodal", "mutual": "joint", "baseline_c": "joint",
              "baseline_e": "joint", "baseline_b": "joint"}
 # Share of the `all` budget per stage (after the latent set is built): stage 3 is the most
 # expensive per step and the one the product depends on.
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (1 is fastest on a shared 2-core box: more threads thrash)")
     p.add_argument("--dim", type=int, default=None, help="override the preset's width (stored in the checkpoint)")
     p.add_argument("--depth", type=int, default=None, help="override the preset's depth")
+    p.add_argument("--arm", default="all", help="stage `arm`: A-F (mf.train.arms) or 'all'")
+    p.add_argument("--arms-dir", default="assets/arms", help="stage `arm`: where each arm is exported")
     p.add_argument("--split", default=None, help="for `all`: minutes per stage, e.g. unimodal=8,joint=20,mutual=25")
     return p
 
@@ -184,24 +188,36 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     from mf.train.shortcut import shortcut_model_loss
 
     recipe = RECIPES[args.preset]
-    run_dir = Path(args.runs) / stage
+    arm = None
+    if stage == "arm":
+        from mf.train.arms import get_arm
+        arm = get_arm(args.arm)
+    run_dir = Path(args.runs) / stage if arm is None else Path(args.runs) / "arms" / arm.name
     accelerator = make_accelerator(cpu=args.cpu or None)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    gen = seed_everything(args.seed * 1000 + rank + 17 * TRAIN_STAGES.index(stage))
+    # every arm uses stage 3's seed: the same batches, in the same order, for each arm
+    gen = seed_everything(args.seed * 1000 + rank + 17 * TRAIN_STAGES.index("mutual" if arm else stage))
 
     init = args.init or (str(Path(args.runs) / INIT_FROM[stage] / "ema") if INIT_FROM[stage] else None)
+    if init and not args.init and args.synthetic and not (Path(init) / "config.json").is_file():
+        init = None  # a synthetic smoke run (tests, `accelerate launch ... --synthetic`) may start from scratch
     model = load_model(Path(init)) if init else new_model(args.preset, latents, dim=args.dim, depth=args.depth)
     model.to(device).train()
+    if world > 1:  # every rank starts from rank 0's weights (a scratch init is seeded per rank)
+        from accelerate.utils import broadcast
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(broadcast(p.detach().clone()))
     fc = model.model_config.frames_per_chunk
-    mf_stage = stage in ("mutual", "baseline_c", "baseline_e")
+    mf_stage = stage in ("mutual", "baseline_c", "baseline_e", "arm")
     lr = args.lr or (recipe.mf_lr if mf_stage else recipe.lr)
     opt = make_optimizer(model.parameters(), lr)
     ema = EMA(model)
     modules, optimizers, emas = {"model": model}, {"model": opt}, {"model": ema}
     fake = teacher = fake_opt = None
     if mf_stage:
-        cfg = {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}[stage]
+        cfg = arm.config() if arm else {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}[stage]
         from dataclasses import replace
         cfg = replace(cfg, max_history=args.max_history if args.max_history is not None else recipe.max_history,
                       rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg, loss_chunks=args.loss_chunks)
@@ -209,7 +225,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             fake = make_fake_score(model).to(device).train()
             fake_opt = make_optimizer(fake.parameters(), lr)
             modules["fake"], optimizers["fake"] = fake, fake_opt
-        if stage == "baseline_e":
+        if cfg.teacher == "frozen" and cfg.w_dmd > 0:
             teacher = make_frozen_teacher(model).to(device)
             modules["teacher"] = teacher
         batch_size, n_chunks = args.batch_size or recipe.mf_batch_size, cfg.max_history + 1
@@ -278,6 +294,13 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
                "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
                "device": str(device), "processes": world}
+    if world > 1:  # data parallel by hand: check that the ranks still hold the same weights
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()] +
+                           [p.detach().double().square().sum() for p in model.parameters()]).to(device)
+        gathered = accelerator.gather(sums[None]).reshape(world, -1)
+        summary["rank_weight_max_diff"] = float((gathered - gathered[0]).abs().max())
+    if arm is not None:
+        summary.update(arm=arm.name, mf_config={k: v for k, v in vars(cfg).items()})
     if accelerator.is_main_process:
         save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
         log.plot(f"{stage} ({args.preset})")
@@ -289,6 +312,10 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         model.save_pretrained(str(run_dir / "model"), safe_serialization=True)
         if export is not None:
             export_weights(ema.shadow, Path(export), summary)
+        if arm is not None:
+            from mf.train.arms import export_arm
+            export_arm(ema.shadow, Path(args.arms_dir) / arm.name, arm, summary)
+            _log(f"arm {arm.name}: float16 EMA weights -> {Path(args.arms_dir) / arm.name}")
         write_json(run_dir / "summary.json", summary)
         _log(f"{stage}: done, {step} steps in {summary['wall_s']} s; EMA weights in {run_dir / 'ema'}")
     accelerator.wait_for_everyone()
@@ -355,12 +382,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "baseline_b":
             baseline_b(args)
             return 0
+        if args.stage == "arm" and not args.init:
+            raise TrainingError("mf.train arm: pass --init <stage-2 weights> (every arm starts from the same ones)")
+        if args.stage == "arm" and (args.steps is None or args.minutes is not None):
+            raise TrainingError("mf.train arm: pass --steps N and no --minutes (arms get equal optimizer steps)")
         from mf.configs import get_preset
         overall = Budget(minutes=args.minutes)
         latents = load_latents(args, recipe, get_preset(args.preset))
         _log(f"latents: {len(latents)} clips x {latents.n_frames} frames ({latents.meta.get('source')})")
-        default_export = Path("assets/model") if args.stage in ("mutual", "all") else None
+        default_export = Path("assets/model") if args.stage in ("mutual", "all") and not args.synthetic else None
         export = Path(args.export) if args.export else default_export
+        if args.stage == "arm":
+            from mf.train.arms import ORDER, get_arm, train_arms
+            names = list(ORDER) if args.arm.lower() == "all" else [get_arm(args.arm).name]
+            train_arms(args, latents, names, run_stage=run_stage, log=_log,
+                       budget_for=lambda: Budget(steps=args.steps, minutes=args.minutes))
+            return 0
         if args.stage != "all":
             run_stage(args.stage, args, latents, budget=Budget(steps=args.steps, minutes=args.minutes), export=export)
             return 0
