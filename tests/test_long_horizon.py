@@ -39,21 +39,23 @@ FC, W = MICRO.frames_per_chunk, MICRO.window_chunks
 
 
 def _pipeline_noise(studio, seed):
-    cfg = studio.config
+    config = studio.config
 
     def noise(k):
         g = torch.Generator().manual_seed(chunk_seed(seed, k))
-        v = torch.randn((1, cfg.frames_per_chunk, cfg.video_channels, cfg.latent_size, cfg.latent_size), generator=g)
-        return Pair(v, torch.randn((1, cfg.mels_per_chunk, cfg.n_mels), generator=g))
+        size = config.latent_size
+        v = torch.randn((1, config.frames_per_chunk, config.video_channels, size, size), generator=g)
+        return Pair(v, torch.randn((1, config.mels_per_chunk, config.n_mels), generator=g))
     return noise
 
 
-def _shape_batch(cfg, n_chunks):
-    f = n_chunks * cfg.frames_per_chunk
-    return LatentBatch(video=torch.zeros(1, f, cfg.video_channels, cfg.latent_size, cfg.latent_size),
-                       audio=torch.zeros(1, f * 4, cfg.n_mels), phone_ids=torch.zeros(1, f * 4, dtype=torch.long),
-                       attributes=torch.zeros(1, cfg.attr_dim), ref_latent=torch.zeros(1, cfg.video_channels,
-                                                                                      cfg.latent_size, cfg.latent_size))
+def _shape_batch(config, n_chunks):
+    f = n_chunks * config.frames_per_chunk
+    return LatentBatch(video=torch.zeros(1, f, config.video_channels, config.latent_size, config.latent_size),
+                       audio=torch.zeros(1, f * 4, config.n_mels), phone_ids=torch.zeros(1, f * 4, dtype=torch.long),
+                       attributes=torch.zeros(1, config.attr_dim), ref_latent=torch.zeros(1, config.video_channels,
+                                                                                      config.latent_size,
+                                                                                      config.latent_size))
 
 
 def test_rollout_through_the_pipelines_rolling_cache_evicts_exactly_like_generate(studio):

@@ -116,7 +116,7 @@ def test_mutual_forcing_generator_and_fake_losses_decrease():
     gen_hist, fake_hist = [], []
     for i in range(16):
         loss, fake_loss, logs = mutual_forcing_losses(model, batch, torch.Generator().manual_seed(5), fc=FC,
-                                                      cfg=ONE_LOSS_CHUNK, fake=fake, history=2)
+                                                      mf_config=ONE_LOSS_CHUNK, fake=fake, history=2)
         assert torch.isfinite(loss) and torch.isfinite(fake_loss)
         assert {"fm", "shortcut", "dmd", "fake_score"} <= set(logs)
         if i < 8:  # phase 1: the generator learns (its samples move, so the fake score chases them)
@@ -185,7 +185,7 @@ def test_generator_loss_reaches_neither_fake_score_nor_frozen_teacher():
     fake, teacher = make_fake_score(model), make_frozen_teacher(model)
     teacher_before = [p.clone() for p in teacher.parameters()]
     loss, fake_loss, _ = mutual_forcing_losses(model, batch, torch.Generator().manual_seed(0), fc=FC,
-                                               cfg=BASELINE_E, fake=fake, teacher=teacher, history=1)
+                                               mf_config=BASELINE_E, fake=fake, teacher=teacher, history=1)
     loss.backward()
     assert all(p.grad is None for p in fake.parameters())
     assert all(p.grad is None for p in teacher.parameters())

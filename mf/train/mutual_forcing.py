@@ -152,7 +152,7 @@ def stream_history(model, batch: LatentBatch, cond_full, depths: list[int], gen:
     each depth h of ``depths`` (ascending): the cache then holds what ``generate()`` holds before chunk h,
     ``chunks`` the h history chunks (a list that grows as the stream goes on).
 
-    The cache is the pipeline's: ``model.new_cache`` (a ``KVCache`` of ``cfg.window_chunks`` chunks plus
+    The cache is the pipeline's: ``model.new_cache`` (a ``KVCache`` of ``model.model_config.window_chunks`` chunks plus
     the never-evicted reference prefix; eviction in ``KVCache.append``), filled by ``sample_chunk`` with
     the write of chunk k fused into chunk k+1's first pass (``write="defer"``, exactly ``generate()``'s
     default) and flushed (``flush_pending``) where a loss reads the cache. "real" mode writes the real
@@ -225,26 +225,27 @@ def make_frozen_teacher(model):
 
 
 def mutual_forcing_losses(model, batch: LatentBatch, gen: torch.Generator, *, fc: int,
-                          cfg: MutualForcingConfig = MUTUAL, fake=None, teacher=None,
+                          mf_config: MutualForcingConfig = MUTUAL, fake=None, teacher=None,
                           history: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """One iteration's losses: ONE rollout of H ~ U{0..max_history} history chunks (``history`` fixes H)
-    serves the loss chunks at ``loss_depths(H, cfg.loss_chunks)``; the losses are averaged over them.
+    serves the loss chunks at ``loss_depths(H, mf_config.loss_chunks)``; the losses are averaged over them.
     `batch` holds >= H + 1 chunks; returns (generator loss, fake-score loss or None, logs). The caller
     steps the optimisers."""
     n_avail = batch.n_chunks(fc)
-    horizon = history if history is not None else draw_horizon(cfg.max_history, n_avail, gen)
+    horizon = history if history is not None else draw_horizon(mf_config.max_history, n_avail, gen)
     if horizon + 1 > n_avail:
         raise ValueError(f"history {horizon} needs {horizon + 1} chunks, batch has {n_avail}")
-    depths = loss_depths(horizon, cfg.loss_chunks, gen)
+    depths = loss_depths(horizon, mf_config.loss_chunks, gen)
     cond_full = conditions(batch)
     extra = [m for m in (fake, teacher) if m is not None]
     total, fake_total, sums = 0.0, None, {}
-    for h, cache, extra_caches, _ in stream_history(model, batch, cond_full, depths, gen, fc=fc, mode=cfg.history,
-                                                    steps=cfg.rollout_steps, extra_models=extra):
+    for h, cache, extra_caches, _ in stream_history(model, batch, cond_full, depths, gen, fc=fc, mode=mf_config.history,
+                                                    steps=mf_config.rollout_steps, extra_models=extra):
         fake_cache = extra_caches[0] if fake is not None else None
         teacher_cache = extra_caches[-1] if teacher is not None else None
-        loss, fake_loss, logs = chunk_losses(model, batch, cond_full, h, cache, gen, fc=fc, cfg=cfg, fake=fake,
-                                             fake_cache=fake_cache, teacher=teacher, teacher_cache=teacher_cache)
+        loss, fake_loss, logs = chunk_losses(model, batch, cond_full, h, cache, gen, fc=fc, mf_config=mf_config,
+                                             fake=fake, fake_cache=fake_cache, teacher=teacher,
+                                             teacher_cache=teacher_cache)
         total = total + loss / len(depths)
         if fake_loss is not None:
             fake_total = fake_loss / len(depths) + (0.0 if fake_total is None else fake_total)
@@ -256,7 +257,7 @@ def mutual_forcing_losses(model, batch: LatentBatch, gen: torch.Generator, *, fc
 
 
 def chunk_losses(model, batch: LatentBatch, cond_full, h: int, cache, gen: torch.Generator, *, fc: int,
-                 cfg: MutualForcingConfig, fake=None, fake_cache=None, teacher=None,
+                 mf_config: MutualForcingConfig, fake=None, fake_cache=None, teacher=None,
                  teacher_cache=None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """(b) + (c) on the REAL chunk h, given the cache of its history."""
     B = batch.batch_size
@@ -266,43 +267,44 @@ def chunk_losses(model, batch: LatentBatch, cond_full, h: int, cache, gen: torch
     logs: dict = {}
     total = torch.zeros((), device=device)
 
-    if cfg.w_fm > 0:  # (b) flow matching on the real next chunk, given the history
+    if mf_config.w_fm > 0:  # (b) flow matching on the real next chunk, given the history
         t = sample_t(B, 1, gen).to(device)
         eps = randn_pair(x0, gen)
         xt = noised_pair(x0, eps, t, fc)
         cond_fm = type(cond)(cond.ref_latent, cond.attributes, cond.phone_ids,
-                             drop_text(B, gen, cfg.text_drop_p, device))
+                             drop_text(B, gen, mf_config.text_drop_p, device))
         pred = cached(model, xt, t, torch.zeros_like(t), cond_fm, cache)
         fm, fm_logs = pair_mse(pred, eps.map(lambda e, x: e - x, x0))
-        total = total + cfg.w_fm * fm
+        total = total + mf_config.w_fm * fm
         logs["fm"] = float(fm.detach())
 
-    if cfg.w_shortcut > 0:  # (c1) stop-grad multi-step ODE -> few-step jump
+    if mf_config.w_shortcut > 0:  # (c1) stop-grad multi-step ODE -> few-step jump
         sc, sc_logs = shortcut_distillation_loss(model, x0, cond, cache, gen, frames_per_chunk=fc,
-                                                 step_sizes=cfg.shortcut_step_sizes, ode_steps=cfg.ode_steps)
-        total = total + cfg.w_shortcut * sc
+                                                 step_sizes=mf_config.shortcut_step_sizes,
+                                                 ode_steps=mf_config.ode_steps)
+        total = total + mf_config.w_shortcut * sc
         logs.update(sc_logs)
 
     fake_loss = None
-    if cfg.w_dmd > 0:  # (c2) DMD on the few-step sample of the current chunk
+    if mf_config.w_dmd > 0:  # (c2) DMD on the few-step sample of the current chunk
         if fake is None:
             raise ValueError("the DMD loss needs a fake-score model (make_fake_score)")
-        x_fake = few_step_sample_with_last_grad(model, cond, cache, gen, like=x0, fc=fc, steps=cfg.dmd_steps)
+        x_fake = few_step_sample_with_last_grad(model, cond, cache, gen, like=x0, fc=fc, steps=mf_config.dmd_steps)
         real_net, real_cache = (teacher, teacher_cache) if teacher is not None else (model, cache)
         uncond = cond.with_text_dropped()
 
         def real_score(xt, t):
             zero = torch.zeros_like(t)
             u_c = cached(real_net, xt, t, zero, cond, real_cache)
-            if cfg.dmd_cfg == 1.0:
+            if mf_config.dmd_cfg == 1.0:
                 return u_c
-            return cfg_combine(u_c, cached(real_net, xt, t, zero, uncond, real_cache), cfg.dmd_cfg)
+            return cfg_combine(u_c, cached(real_net, xt, t, zero, uncond, real_cache), mf_config.dmd_cfg)
 
         def fake_score(xt, t):
             return cached(fake, xt, t, torch.zeros_like(t), cond, fake_cache)
 
         dmd, dmd_logs = dmd_generator_loss(x_fake, real_score, fake_score, gen, frames_per_chunk=fc)
-        total = total + cfg.w_dmd * dmd
+        total = total + mf_config.w_dmd * dmd
         logs["dmd"] = float(dmd.detach())
         fake_loss, f_logs = fake_score_loss(fake_score, x_fake, gen, frames_per_chunk=fc)
         logs.update(f_logs)

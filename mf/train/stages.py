@@ -217,18 +217,20 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     modules, optimizers, emas = {"model": model}, {"model": opt}, {"model": ema}
     fake = teacher = fake_opt = None
     if mf_stage:
-        cfg = arm.config() if arm else {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}[stage]
+        presets = {"mutual": MUTUAL, "baseline_c": BASELINE_C, "baseline_e": BASELINE_E}
+        mf_config = arm.config() if arm else presets[stage]
         from dataclasses import replace
-        cfg = replace(cfg, max_history=args.max_history if args.max_history is not None else recipe.max_history,
+        max_history = args.max_history if args.max_history is not None else recipe.max_history
+        mf_config = replace(mf_config, max_history=max_history,
                       rollout_steps=args.rollout_steps, dmd_cfg=args.dmd_cfg, loss_chunks=args.loss_chunks)
-        if cfg.w_dmd > 0:
+        if mf_config.w_dmd > 0:
             fake = make_fake_score(model).to(device).train()
             fake_opt = make_optimizer(fake.parameters(), lr)
             modules["fake"], optimizers["fake"] = fake, fake_opt
-        if cfg.teacher == "frozen" and cfg.w_dmd > 0:
+        if mf_config.teacher == "frozen" and mf_config.w_dmd > 0:
             teacher = make_frozen_teacher(model).to(device)
             modules["teacher"] = teacher
-        batch_size, n_chunks = args.batch_size or recipe.mf_batch_size, cfg.max_history + 1
+        batch_size, n_chunks = args.batch_size or recipe.mf_batch_size, mf_config.max_history + 1
     else:
         # teacher forcing sees at least the cache window plus the chunk it predicts
         batch_size, n_chunks = args.batch_size or recipe.batch_size, max(recipe.window_chunks,
@@ -269,8 +271,8 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
             loss, logs = shortcut_model_loss(model, batch, gen, frames_per_chunk=fc)
             fake_loss = None
         else:
-            loss, fake_loss, logs = mutual_forcing_losses(model, batch, gen, fc=fc, cfg=cfg, fake=fake,
-                                                          teacher=teacher)
+            loss, fake_loss, logs = mutual_forcing_losses(model, batch, gen, fc=fc, mf_config=mf_config,
+                                                          fake=fake, teacher=teacher)
         if not torch.isfinite(loss):
             raise TrainingError(f"{stage}: loss became {float(loss)} at step {step}; lower --lr")
         logs["loss"] = float(loss.detach())
@@ -300,7 +302,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
         gathered = accelerator.gather(sums[None]).reshape(world, -1)
         summary["rank_weight_max_diff"] = float((gathered - gathered[0]).abs().max())
     if arm is not None:
-        summary.update(arm=arm.name, mf_config={k: v for k, v in vars(cfg).items()})
+        summary.update(arm=arm.name, mf_config={k: v for k, v in vars(mf_config).items()})
     if accelerator.is_main_process:
         save_checkpoint(run_dir, step=step, modules=modules, optimizers=optimizers, emas=emas, gen=gen)
         log.plot(f"{stage} ({args.preset})")
