@@ -125,13 +125,6 @@ def window_samples(frames: dict, corpus_extractor, inception_extractor=None) -> 
     return out
 
 
-def clip_window_samples(row: dict, gen, ref, windows, corpus_extractor, inception_extractor=None, *,
-                        per_window: int = 16, fps: float = 25.0) -> dict:
-    """``clip_window_frames`` then ``window_samples`` in one process."""
-    return window_samples(clip_window_frames(row, gen, ref, windows, per_window=per_window, fps=fps),
-                          corpus_extractor, inception_extractor)
-
-
 def _pool(samples, name: str, field: str) -> np.ndarray | None:
     parts = [getattr(s[name], field) for s in samples if name in s and getattr(s[name], field) is not None]
     parts = [np.asarray(p, np.float64) for p in parts if len(p)]
@@ -231,7 +224,6 @@ def write_windows_csv(entries: list[dict], path: str | os.PathLike) -> str:
 __all__ = [
     "SYNC_TOLERANCE_MS",
     "WindowSample",
-    "clip_window_samples",
     "clip_window_frames",
     "window_samples",
     "WindowFrames",
