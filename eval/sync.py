@@ -47,20 +47,38 @@ Method of the weight-free estimator
    N_SURROGATES lags of at least 2 * max_shift + 1 frames (audio that is in sync at no searched lag,
    with the clip's own rhythm, length and gate); if any of those peaks reaches the clip's own peak,
    the peak is not above chance (a permutation test at p = 1 / (N_SURROGATES + 1) = 0.05).
-   Consistency: the search is repeated on the first and on the last SPLIT_FRACTION of the clip; a real
-   offset is the same throughout a clip, a chance peak usually is not.
+   Consistency (rendered characters): the search is repeated on the first and on the last SPLIT_FRACTION
+   of the clip; a real offset is the same throughout a clip, a chance peak usually is not.
+5. Faces with landmarks: a second, spectral audio model joins the envelope. Per lag k, a ridge
+   regression predicts the mouth opening at n + k from SPECTRAL_MELS log-mel bands at n (band-passed
+   like the opening, standardised; SPECTRAL_RIDGE per row), fitted on the clip itself; its curve is the
+   cross-validated correlation of the predictions (SPECTRAL_FOLDS contiguous folds, so no prediction
+   sees its neighbours). It learns which bands follow this speaker's mouth instead of assuming loudness
+   does. The clip's curve is the MEAN of the envelope curve and this spectral curve (offset, confidence
+   and peak_corr are read from it), and the permutation test rolls the envelope, the bands and the
+   votes together. The two audio models rarely share a chance peak, so a true lag stands out more: on
+   the tuning clips this took in-sync readings flagged from 80% to 40% and shifted copies recovered but
+   flagged from 42% to 20%, with 0% wrong-and-unflagged before and after, and on the validation clips
+   (seen for this choice) shifts recovered from 29% to 50% (``python -m eval.sync_validate``, numbers
+   in docs/ARCHITECTURE.md). With landmarks the prominence ("weak_peak"), split ("inconsistent") and
+   LOW_CONFIDENCE checks are not applied: on 5 s real clips they declined correct readings and caught
+   no wrong one that the permutation test missed.
+
 Flags (one string or None, most serious first; ``uncertain`` is True whenever a flag is set, and callers
 must then not report the offset as a measurement): "too_short" (under MIN_SECONDS, or fewer than
 2 * max_shift + MIN_OVERLAP frames, in which case no offset is computed), "silent_audio" (no audio
 energy), "static_video" (the mouth never changes), "too_little_speech" (under MIN_SPEECH_SECONDS
 voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at
-+-max_shift, so the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE),
-"not_significant" (a rolled-audio peak reaches the clip's own peak), "inconsistent" (either part's peak
-is more than 1 frame from the whole clip's).
++-max_shift, so the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE; not
+for faces with landmarks), "not_significant" (a rolled-audio peak reaches the clip's own peak),
+"inconsistent" (either part's peak is more than 1 frame from the whole clip's; not for faces with
+landmarks). "low_confidence" is not applied to faces with landmarks either (step 5).
 Limits, measured (``python -m eval.sync_validate``, numbers in docs/ARCHITECTURE.md): on 5-15 s real
-clips the landmark opening correlates with loudness at only ~0.2-0.4, and the flags decline most
-in-sync readings (67-80% of real in-sync clips flagged); on the held-out clips some readings still
-came out confident and 2-8 frames from 0. SyncNet (user-supplied weights) is the reference for real faces.
+clips the landmark opening correlates with loudness at only ~0.2-0.4; the flags pass all 3 real_av
+clips and decline 2 of the 5 tuning clips (one of them correct); on the validation clips two
+LivePortrait clips read confident offsets of +80 / -320 ms on every copy (clips not verified to be in
+sync; the pauses of d20 show an audio lag of about that size, docs/ARCHITECTURE.md).
+SyncNet (user-supplied weights) is the reference for real faces.
 """
 
 from __future__ import annotations
@@ -96,6 +114,9 @@ MIN_SPEECH_SECONDS = 1.5  # fewer voiced seconds than this: "too_little_speech"
 MIN_PROMINENCE = 0.08  # peak minus best rival lag below this: "weak_peak"
 N_SURROGATES = 19  # circularly rolled audio envelopes: the chance level of the curve's peak for this clip
 SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first and last 70% of the clip
+SPECTRAL_MELS = 24  # log-mel bands (80-7600 Hz) of the second, spectral estimator (faces with landmarks)
+SPECTRAL_RIDGE = 1.0  # ridge penalty per row on the standardised bands (the same on every lag)
+SPECTRAL_FOLDS = 5  # contiguous cross-validation folds of the spectral estimator
 FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
          "weak_peak", "not_significant", "inconsistent")
 
@@ -113,7 +134,7 @@ class SyncResult:
     localizer: str  # which localizer found the mouth (eval.mouth.LOCALIZERS)
     fps: float = float(FPS)
     max_shift: int = MAX_SHIFT
-    peak_corr: float = float("nan")  # correlation at the chosen lag
+    peak_corr: float = float("nan")  # curve value at the chosen lag (faces with landmarks: mean of 2 curves)
     n_frames: int = 0
     prominence: float = float("nan")  # peak minus the best lag more than PROMINENCE_GUARD frames away
     extras: dict = field(default_factory=dict)  # e.g. SyncNet scores added by callers
@@ -268,6 +289,82 @@ def _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset) -> bool:
     return True
 
 
+def log_mel_frames(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float,
+                   n_mels: int = SPECTRAL_MELS) -> np.ndarray:
+    """Log mel-band energies per video frame, float64 [n_frames, n_mels]: a Hann window one frame long,
+    centred on the frame's instant i / fps as in ``audio_envelope``, triangular bands 80-7600 Hz."""
+    audio = resample_audio(_mono(audio), int(sample_rate), SAMPLE_RATE).astype(np.float64)
+    spf = int(round(SAMPLE_RATE / fps))
+    starts = np.round(np.arange(n_frames) * SAMPLE_RATE / fps).astype(int)  # window start = centre - spf / 2
+    audio = np.pad(audio, (spf // 2, max(0, int(starts[-1]) + spf - len(audio))))
+    windows = audio[starts[:, None] + np.arange(spf)[None]] * np.hanning(spf)
+    n_fft = 1 << int(math.ceil(math.log2(spf)))
+    power = np.abs(np.fft.rfft(windows, n=n_fft, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE)
+
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    edges = 700.0 * (10.0 ** (np.linspace(mel(80.0), mel(7600.0), n_mels + 2) / 2595.0) - 1.0)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bank = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0.0, None)
+    energy = power @ bank.T
+    return np.log(energy + 1e-3 * float(np.median(energy)) + 1e-12)
+
+
+def spectral_curve(bands_bp: np.ndarray, mouth_bp: np.ndarray, votes: np.ndarray, max_shift: int,
+                   ridge: float = SPECTRAL_RIDGE, folds: int = SPECTRAL_FOLDS) -> np.ndarray:
+    """The second estimator's curve: for every lag k, the cross-validated correlation between the mouth
+    at n + k and its ridge-regression prediction from the log-mel bands at n (voting frames only;
+    contiguous folds, so a prediction never sees its neighbours). Fitted per clip, so it learns which
+    bands follow this speaker's mouth (open vowels raise the low-mid bands) instead of assuming one."""
+    t, n_bands = bands_bp.shape
+    curve = np.zeros(2 * max_shift + 1)
+    for j, k in enumerate(range(-max_shift, max_shift + 1)):
+        idx = np.arange(max(0, -k), t - max(0, k))
+        idx = idx[votes[idx]]
+        if len(idx) < 2 * folds:
+            continue
+        x, y = bands_bp[idx], mouth_bp[idx + k]
+        pred = np.zeros(len(idx))
+        bounds = np.linspace(0, len(idx), folds + 1).astype(int)
+        for f in range(folds):
+            test = np.zeros(len(idx), bool)
+            test[bounds[f]: bounds[f + 1]] = True
+            xm, ym = x[~test].mean(axis=0), y[~test].mean()
+            xt = x[~test] - xm
+            w = np.linalg.solve(xt.T @ xt + ridge * len(xt) * np.eye(n_bands), xt.T @ (y[~test] - ym))
+            pred[test] = (x[test] - xm) @ w + ym
+        if np.std(pred) > 0 and np.std(y) > 0:
+            curve[j] = float(np.corrcoef(pred, y)[0, 1])
+    return curve
+
+
+def spectral_bands(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
+    """The spectral estimator's input: log-mel bands per frame, band-passed like the landmark opening and
+    standardised, float64 [n_frames, SPECTRAL_MELS]."""
+    bands = log_mel_frames(audio, sample_rate, n_frames, fps)
+    bands_bp = np.stack([_bandpass(b, fps, MESH_BAND_HZ) for b in bands.T], axis=1)
+    return bands_bp / (bands_bp.std(axis=0) + 1e-9)
+
+
+def _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift) -> np.ndarray:
+    """Faces with landmarks: the mean of the envelope curve and the spectral curve (step 5)."""
+    return 0.5 * (lagged_correlation(env_bp, mouth_bp, max_shift, votes)
+                  + spectral_curve(bands_bp, mouth_bp, votes, max_shift))
+
+
+def mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, n: int = N_SURROGATES) -> np.ndarray:
+    """``chance_peaks`` of the combined curve: envelope, bands and votes rolled together."""
+    t = len(env_bp)
+    lo, hi = 2 * max_shift + 1, t - 2 * max_shift - 1
+    if hi < lo:
+        return np.zeros(0)
+    rolls = np.unique(np.linspace(lo, hi, n).round().astype(int))
+    return np.array([_mesh_curve(np.roll(env_bp, r), np.roll(bands_bp, r, axis=0), mouth_bp, np.roll(votes, r),
+                                 max_shift).max() for r in rolls])
+
+
 def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
                track: MouthTrack | None = None) -> tuple[np.ndarray, np.ndarray, MouthTrack]:
     """The raw (not band-passed) per-frame signals: (audio envelope, mouth signal, mouth track)."""
@@ -326,7 +423,11 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     if mesh:
         votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
     onset = track.localizer in ("motion-fallback", "centre-fallback")
-    curve = _curve(env_bp, mouth_bp, votes, max_shift, onset)
+    if mesh:
+        bands_bp = spectral_bands(audio, sample_rate, t, fps)
+        curve = _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift)
+    else:
+        curve = _curve(env_bp, mouth_bp, votes, max_shift, onset)
     best = int(np.argmax(curve))
     offset = best - max_shift
     confidence = float(curve[best] - np.median(curve))
@@ -336,15 +437,16 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
         flag = "too_short"
     elif voiced_seconds < MIN_SPEECH_SECONDS:
         flag = "too_little_speech"
-    elif confidence < LOW_CONFIDENCE:
+    elif not mesh and confidence < LOW_CONFIDENCE:
         flag = "low_confidence"
     elif abs(offset) == max_shift:  # a maximum at the end of the search range may lie beyond it
         flag = "peak_at_edge"
-    elif prominence < MIN_PROMINENCE:
+    elif not mesh and prominence < MIN_PROMINENCE:
         flag = "weak_peak"
-    elif np.any(chance_peaks(env_bp, mouth_bp, votes, max_shift, onset) >= curve[best]):
+    elif np.any((mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift) if mesh
+                 else chance_peaks(env_bp, mouth_bp, votes, max_shift, onset)) >= curve[best]):
         flag = "not_significant"
-    elif not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
+    elif not mesh and not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
         flag = "inconsistent"
     return SyncResult(offset, offset * 1000.0 / fps, confidence, flag, curve, **base, peak_corr=float(curve[best]),
                       prominence=prominence, voiced_seconds=voiced_seconds)

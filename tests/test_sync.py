@@ -214,8 +214,6 @@ def test_shifted_copy_is_trimmed_not_padded():
 
 
 @pytest.mark.slow  # ~1 min: the three real_av clips x 21 shifts through eval.sync_validate
-@pytest.mark.xfail(strict=True, reason="issue-16 real-face floors not met by the weight-free estimator "
-                   "(measured 2026-11-27 with python -m eval.sync_validate, see docs/ARCHITECTURE.md)")
 @pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
 def test_bar_real_clips_meet_the_issue_floors():
     """Issue-16 floors on ../shared/data/real_av: shifts -10..+10 within 1 frame >= 95%; in-sync read
@@ -223,3 +221,68 @@ def test_bar_real_clips_meet_the_issue_floors():
     from eval.sync_validate import summarise, validate_clip
     s = summarise([validate_clip(os.path.join(REAL, f"talk{i}.mp4"), 10) for i in (1, 2, 3)])
     assert s["shift_recovered"] >= 0.95 and s["insync_ok_or_flagged"] >= 0.95 and s["insync_flagged"] <= 0.10, s
+
+
+def test_log_mel_frames_are_centred_on_the_frame_instant():
+    from eval.sync import log_mel_frames
+    audio = np.zeros(40 * 640, np.float32)
+    t = np.arange(640) / 16000
+    audio[10 * 640 - 320: 10 * 640 + 320] = np.sin(2 * np.pi * 1000 * t)  # a burst centred on frame 10's instant
+    bands = log_mel_frames(audio, 16000, 40, 25.0)
+    assert bands.shape == (40, 24)
+    energy = bands.max(axis=1)
+    assert int(np.argmax(energy)) == 10
+    assert energy[10] > energy[9] + 3 and energy[10] > energy[11] + 3  # neighbours only see its window tails
+
+
+def test_spectral_curve_follows_an_imposed_shift_on_a_real_face(talk3):
+    from eval.sync import (
+        MAX_SHIFT,
+        MESH_BAND_HZ,
+        MESH_EDGE,
+        MESH_SPEECH_BAND_HZ,
+        _bandpass,
+        audio_envelope,
+        spectral_bands,
+        spectral_curve,
+        voiced_frames,
+    )
+    clip, track = talk3
+    t = len(clip.frames)
+    mouth = _bandpass(track.opening, 25.0, MESH_BAND_HZ)
+
+    def offset(audio):
+        votes = voiced_frames(audio_envelope(audio, 16000, t, 25.0, MESH_SPEECH_BAND_HZ))
+        votes[:MESH_EDGE] = votes[-MESH_EDGE:] = False  # as estimate_sync: filter edges do not vote
+        curve = spectral_curve(spectral_bands(audio, 16000, t, 25.0), mouth, votes, MAX_SHIFT)
+        return int(np.argmax(curve)) - MAX_SHIFT
+
+    base = offset(clip.audio)
+    assert abs(base) <= 1  # talk3 is published in sync
+    for k in (3, -3):
+        assert abs(offset(_shift(clip.audio, k)) - base - k) <= 1, k
+
+
+def test_real_face_curve_is_the_mean_of_envelope_and_spectral_curves(talk3):
+    from eval.sync import (
+        MAX_SHIFT,
+        MESH_BAND_HZ,
+        MESH_EDGE,
+        _bandpass,
+        av_signals,
+        lagged_correlation,
+        spectral_bands,
+        spectral_curve,
+        voiced_frames,
+    )
+    clip, track = talk3
+    r = estimate_sync(clip.frames, 25, clip.audio, 16000, track=track)
+    assert r.flag is None and abs(r.offset_frames) <= 1 and r.localizer == "face-mesh"
+    env, mouth, _ = av_signals(clip.frames, 25.0, clip.audio, 16000, track)
+    votes = voiced_frames(env)
+    votes[:MESH_EDGE] = votes[-MESH_EDGE:] = False
+    mouth_bp = _bandpass(mouth, 25.0, MESH_BAND_HZ)
+    envelope = lagged_correlation(_bandpass(env, 25.0, MESH_BAND_HZ), mouth_bp, MAX_SHIFT, votes)
+    spectral = spectral_curve(spectral_bands(clip.audio, 16000, len(env), 25.0), mouth_bp, votes, MAX_SHIFT)
+    np.testing.assert_allclose(r.curve, 0.5 * (envelope + spectral), atol=1e-12)
+    assert int(np.argmax(spectral)) - MAX_SHIFT == r.offset_frames  # on talk3 the two audio models agree
