@@ -129,6 +129,7 @@ class Handlers:
         self.eval_plots = eval_plots
         self.eval_error = eval_error
         self._feature_extractor = None
+        self._baseline_studio = None  # arm B's studio, loaded on first use (_baseline)
 
     # ---------------------------------------------------------------- shared helpers
     def metric_choices(self) -> list[str]:
@@ -176,14 +177,32 @@ class Handlers:
                          SAMPLE_RATE)
         return truth, path
 
+    def _baseline(self) -> tuple[Studio, str]:
+        """(studio, label) of the naive baseline B: arm B's shipped weights (``<assets>/arms/B``, issue 13)
+        sampled with 4 plain Euler steps, or, while they are not shipped, this model's own weights with
+        the same naive sampler (then the panel shows what the shortcut jumps alone buy)."""
+        folder = os.path.join(self.assets, "arms", "B")
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            if self._baseline_studio is None:
+                from mf.pipeline import load_studio
+
+                self._baseline_studio = load_studio(model_dir=folder, device=self.studio.device,
+                                                    codecs=(self.studio.video_codec, self.studio.audio_codec))
+            return self._baseline_studio, ("**baseline B** (ablation arm B: teacher-forced flow matching, "
+                                           "4 plain Euler steps, d = 0)")
+        return self.studio, ("**naive 4 steps** (this model's weights, 4 plain Euler steps, d = 0: the "
+                             "ablation arm B's weights are not shipped yet, so this shows what the "
+                             "shortcut jumps of the 4-step panel buy at equal cost)")
+
     @_guarded
-    def compare(self, text, character, seed, seconds):
+    def compare(self, text, character, seed, seconds, baseline=False):
         """Same seed at 4, 8 and 50 steps beside the ground truth; yields after each so players fill in turn.
 
         Yields (seed used, truth video, truth notes, video4, notes4, video8, notes8, video50, notes50,
-        all numbers dict). The ground truth is the corpus render of the same character and script
-        (``eval.compare.ground_truth``); each model panel shows its sync offset, its distances to the
-        truth (``eval.compare.measure``), wall time and RTF.
+        all numbers dict, baseline video, baseline notes). The ground truth is the corpus render of the
+        same character and script (``eval.compare.ground_truth``); each model panel shows its sync offset,
+        its distances to the truth (``eval.compare.measure``), wall time and RTF. ``baseline``: also the
+        naive baseline B at 4 steps with the same seed (``_baseline``), last, under ``runs["B"]``.
         """
         from eval import compare as gt
 
@@ -198,22 +217,31 @@ class Handlers:
         notes = {s: "waiting…" for s in limits.COMPARE_STEPS}
         table: dict = {"seed": seed, "seconds_requested": seconds, "ground_truth": _json_safe(truth_sync), "runs": {}}
 
+        videos["B"] = None
+        notes["B"] = "waiting…" if baseline else "off: tick “naive baseline B” to add it."
+
         def frame():
             out = [seed, truth_mp4, truth_note]
             for s in limits.COMPARE_STEPS:
                 out += [videos[s], notes[s]]
-            return tuple(out + [dict(table)])
+            return tuple(out + [dict(table), videos["B"], notes["B"]])
 
-        for steps in limits.COMPARE_STEPS:
-            notes[steps] = f"⏳ generating at {steps} steps…"
+        panels = [(steps, self.studio, None, "") for steps in limits.COMPARE_STEPS]
+        if baseline:
+            studio_b, label = self._baseline()
+            panels.append(("B", studio_b, "multi", label + "\n\n"))
+        for key, studio, mode, label in panels:
+            steps = 4 if key == "B" else key
+            notes[key] = "⏳ generating the baseline at 4 steps…" if key == "B" else f"⏳ generating at {steps} steps…"
             yield frame()
-            run = run_generation(self.studio, self.generate_fn, steps=steps, seed=seed, seconds=seconds,
-                                 text=text, character_id=cid, out_dir=out_dir, name="compare")
+            run = run_generation(studio, self.generate_fn, steps=steps, seed=seed, seconds=seconds, text=text,
+                                 character_id=cid, out_dir=out_dir, name="compare", mode=mode)
             numbers = gt.measure(run.frames, run.audio, truth.frames, truth.audio, wall_s=run.stats.wall_s,
                                  extractor=self._extractor())
-            videos[steps] = run.mp4_path
-            notes[steps] = run.stats.markdown() + "\n\n" + gt.markdown(numbers, timing=False)
-            table["runs"][str(steps)] = {**run.stats.as_dict(), "vs_ground_truth": _json_safe(numbers)}
+            videos[key] = run.mp4_path
+            notes[key] = label + run.stats.markdown() + "\n\n" + gt.markdown(numbers, timing=False)
+            table["runs"][str(key)] = {**run.stats.as_dict(), "vs_ground_truth": _json_safe(numbers),
+                                       **({"sampler_mode": mode} if mode else {})}
             yield frame()
 
     @_guarded

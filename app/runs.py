@@ -174,11 +174,16 @@ def join_chunks(chunks: list[Chunk]) -> tuple[np.ndarray, np.ndarray]:
 
 def run_generation(studio: Studio, generate_fn, *, steps: int, seed: int, seconds: float, text: str | None,
                    character_id: int | None, out_dir: str | None, name: str = "clip",
-                   keep_step_latents: bool = False, cfg_scale: float = 1.0, history=None) -> GenerationRun:
-    """Run ``generate`` to the end, then mux one mp4 into ``out_dir`` (skipped when None)."""
+                   keep_step_latents: bool = False, cfg_scale: float = 1.0, history=None,
+                   mode: str | None = None) -> GenerationRun:
+    """Run ``generate`` to the end, then mux one mp4 into ``out_dir`` (skipped when None).
+
+    ``mode``: the sampler mode (``mf.sampler``: "few" = shortcut jumps, "multi" = plain Euler, d = 0);
+    None lets the step count choose."""
     start = time.perf_counter()
+    extra = {} if mode is None else {"mode": mode}
     chunks = list(generate_fn(studio, steps=steps, seed=seed, seconds=seconds, text=text, character_id=character_id,
-                              cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, history=history))
+                              cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, history=history, **extra))
     wall = time.perf_counter() - start
     prior = list(history or [])
     all_chunks = prior + chunks
@@ -198,7 +203,8 @@ def run_generation(studio: Studio, generate_fn, *, steps: int, seed: int, second
     run = GenerationRun(all_chunks, frames, audio, stats)
     if out_dir is not None:
         t0 = time.perf_counter()
-        run.mp4_path = write_mp4(os.path.join(out_dir, f"{name}-{steps}steps-seed{seed}.mp4"),
+        tag = f"{steps}steps" + ("" if mode is None else f"-{mode}")
+        run.mp4_path = write_mp4(os.path.join(out_dir, f"{name}-{tag}-seed{seed}.mp4"),
                                  frames, FPS, audio, SAMPLE_RATE)
         stats.mux_s = time.perf_counter() - t0
     return run

@@ -217,10 +217,13 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                     c_btn = gr.Button("Generate at 4, 8 and 50 steps", variant="primary", elem_id="compare-run",
                                       scale=4)
                     c_used = _seed_used("compare-seed-used", scale=1)
+                c_base = gr.Checkbox(False, label="naive baseline B: also run 4 plain Euler steps (d = 0) with the "
+                                     "same seed, to see what the few-step mode buys at equal cost",
+                                     elem_id="compare-baseline")
                 players = []
                 with gr.Row():
-                    for steps in ("truth",) + tuple(limits.COMPARE_STEPS):
-                        name = "ground truth" if steps == "truth" else f"{steps} steps"
+                    for steps in ("truth",) + tuple(limits.COMPARE_STEPS) + ("B",):
+                        name = {"truth": "ground truth", "B": "baseline B (4 naive steps)"}.get(steps, f"{steps} steps")
                         with gr.Column(elem_classes=["player"], min_width=200):  # the four side by side
                             video = gr.Video(label=name, elem_id=f"compare-video-{steps}",
                                              buttons=["download"], interactive=False, height=PLAYER_HEIGHT)
@@ -235,8 +238,8 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                             "rides along in the next chunk's first pass). Decode "
                             "share = the part of model+decode time spent in the codecs (the next chunk is sampled "
                             "while this one decodes, so the two can add up to more than the wall time).")
-                c_btn.click(handlers.compare, [c_text, c_char, c_seed, c_seconds], [c_used] + players + [c_json],
-                            api_name="compare", **gen)
+                c_btn.click(handlers.compare, [c_text, c_char, c_seed, c_seconds, c_base],
+                            [c_used] + players[:-2] + [c_json] + players[-2:], api_name="compare", **gen)
 
                 def pick(evt: gr.SelectData):
                     return str(evt.index) if evt is not None and evt.index is not None else "random"

@@ -314,8 +314,9 @@ def test_compare_runs_4_then_8_then_50_steps_on_one_seed_beside_the_ground_truth
     updates = job.outputs()
     # The 4-step player is filled while the 50-step one is still empty: results arrive as they finish.
     assert any(u[3] is not None and u[7] is None for u in updates)
-    seed, truth, truth_notes, v4, s4, v8, s8, v50, s50, table = final
+    seed, truth, truth_notes, v4, s4, v8, s8, v50, s50, table, v_b, s_b = final
     assert seed == 3
+    assert v_b is None and "off" in s_b and "B" not in table["runs"]  # the baseline panel is off by default
     for v in (truth, v4, v8, v50):
         _check_clip(v, 0.5)
     assert "ground truth" in truth_notes and "sync" in truth_notes
@@ -331,6 +332,19 @@ def test_compare_runs_4_then_8_then_50_steps_on_one_seed_beside_the_ground_truth
         assert runs[str(steps)]["seed"] == 3
     assert runs["4"]["nfe"] < runs["8"]["nfe"] < runs["50"]["nfe"]
     assert "RTF" in s4 and "network evaluations" in s50
+
+
+def test_compare_adds_the_naive_4_step_baseline_with_the_same_seed_when_asked(client):
+    final = client.predict("", "random", 3, 0.5, True, api_name="/compare")
+    seed, truth, _, v4, s4, _, _, _, _, table, v_b, s_b = final
+    assert seed == 3
+    _check_clip(v_b, 0.5)
+    runs = table["runs"]
+    assert runs["B"]["seed"] == 3 and runs["B"]["sampler_mode"] == "multi"
+    assert runs["B"]["nfe"] == runs["4"]["nfe"]  # equal cost: 4 network passes per chunk in both panels
+    assert "plain Euler" in s_b and "RTF" in s_b and "feature distance" in s_b
+    # the same seed and noise, another sampler: the two 4-step clips differ
+    assert runs["B"]["vs_ground_truth"]["feature_distance"] != runs["4"]["vs_ground_truth"]["feature_distance"]
 
 
 def test_chunks_returns_one_chunk_view_with_its_step_previews(client):

@@ -92,7 +92,13 @@ def test_compare_fills_the_ground_truth_and_three_players_with_numbers(page):
         assert re.search(r"sync [+-]\d+ ms", numbers)
     page.locator("#compare-seed-used input").wait_for()
     assert page.locator("#compare-seed-used input").input_value() == "3"
+    assert "off" in page.locator("#compare-stats-B").inner_text()  # the naive baseline waits for its box
     _shot(page, "app-03-compare.png")
+    page.locator("#compare-baseline input").check()
+    page.locator("#compare-run").click()
+    page.locator("#compare-video-B video").wait_for(timeout=300_000)
+    page.locator("#compare-stats-B").get_by_text("RTF").first.wait_for()
+    assert "plain Euler" in page.locator("#compare-stats-B").inner_text()
 
 
 def test_chunk_slider_steps_through_chunks(page):
