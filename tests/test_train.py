@@ -258,6 +258,11 @@ def test_resume_continues_the_same_loss_curve(tmp_path, micro_init, stage):
     assert [r["step"] for r in b] == ["1", "2", "3", "4"]
     for ra, rb in zip(a, b):
         assert abs(float(ra["loss"]) - float(rb["loss"])) <= 1e-5 * max(1.0, abs(float(ra["loss"]))), (ra, rb)
+    summary = json.loads((resumed / stage / "summary.json").read_text())
+    # the resumed run's own time, and every run's together (what a model card must report)
+    assert summary["resumed_from_step"] == 2
+    assert summary["wall_s_total"] == pytest.approx(float(b[-1]["wall_s"]), abs=0.2)
+    assert summary["wall_s_total"] >= summary["wall_s"]
 
 
 def test_stage_runs_through_accelerate_and_writes_logs_plots_and_weights(tmp_path, micro_init):

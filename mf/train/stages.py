@@ -262,6 +262,7 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
     params = [p for p in model.parameters() if p.requires_grad]
     fake_params = [p for p in fake.parameters()] if fake is not None else []
     t_start, wall_before = time.monotonic(), (float(log.rows[-1]["wall_s"]) if log and log.rows else 0.0)
+    first_step = step  # > 0 when resumed
     while not budget.exhausted(step):
         batch = latents.sample(batch_size, n_chunks, fc, gen, rank=rank, world=world).to(device)
         if stage == "unimodal":
@@ -295,7 +296,9 @@ def run_stage(stage: str, args, latents: LatentSet, *, budget: Budget, export: P
                 _swap_dir(run_dir / "ema.tmp", run_dir / "ema")
     summary = {"stage": stage, "preset": args.preset, "steps": step, "wall_s": round(budget.elapsed(), 1),
                "batch_size": batch_size, "n_chunks": n_chunks, "lr": lr, "init": init, "params": n_params,
-               "device": str(device), "processes": world}
+               "device": str(device), "processes": world,
+               # every run of this stage so far (resumed runs add up; the loss log's wall_s column)
+               "wall_s_total": round(wall_before + time.monotonic() - t_start, 1), "resumed_from_step": first_step}
     if world > 1:  # data parallel by hand: check that the ranks still hold the same weights
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()] +
                            [p.detach().double().square().sum() for p in model.parameters()]).to(device)
