@@ -269,12 +269,16 @@ def chance_peaks(env_bp, mouth_bp, votes, max_shift, onset, n: int = N_SURROGATE
     """Curve peaks with the audio envelope (and its votes) rolled circularly by n lags spread over
     [2 * max_shift + 1, T - 2 * max_shift - 1]: audio that cannot be in sync with the mouth at any
     searched lag, with the same rhythm, length and gate as the clip's own."""
-    t = len(env_bp)
+    return np.array([_curve(np.roll(env_bp, r), mouth_bp, np.roll(votes, r), max_shift, onset).max()
+                     for r in _rolls(len(env_bp), max_shift, n)])
+
+
+def _rolls(t: int, max_shift: int, n: int) -> np.ndarray:
+    """n circular shifts in [2 * max_shift + 1, t - 2 * max_shift - 1] (none when the clip is too short)."""
     lo, hi = 2 * max_shift + 1, t - 2 * max_shift - 1
     if hi < lo:
-        return np.zeros(0)
-    rolls = np.unique(np.linspace(lo, hi, n).round().astype(int))
-    return np.array([_curve(np.roll(env_bp, r), mouth_bp, np.roll(votes, r), max_shift, onset).max() for r in rolls])
+        return np.zeros(0, int)
+    return np.unique(np.linspace(lo, hi, n).round().astype(int))
 
 
 def _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset) -> bool:
@@ -356,13 +360,8 @@ def _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift) -> np.ndarray:
 
 def mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, n: int = N_SURROGATES) -> np.ndarray:
     """``chance_peaks`` of the combined curve: envelope, bands and votes rolled together."""
-    t = len(env_bp)
-    lo, hi = 2 * max_shift + 1, t - 2 * max_shift - 1
-    if hi < lo:
-        return np.zeros(0)
-    rolls = np.unique(np.linspace(lo, hi, n).round().astype(int))
     return np.array([_mesh_curve(np.roll(env_bp, r), np.roll(bands_bp, r, axis=0), mouth_bp, np.roll(votes, r),
-                                 max_shift).max() for r in rolls])
+                                 max_shift).max() for r in _rolls(len(env_bp), max_shift, n)])
 
 
 def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
