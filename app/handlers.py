@@ -226,13 +226,13 @@ class Handlers:
                 out += [videos[s], notes[s]]
             return tuple(out + [dict(table), videos["B"], notes["B"]])
 
-        panels = [(steps, self.studio, None, "") for steps in limits.COMPARE_STEPS]
+        # (panel key, steps, studio, sampler mode, label above the numbers)
+        panels = [(steps, steps, self.studio, None, "") for steps in limits.COMPARE_STEPS]
         if baseline:
             studio_b, label = self._baseline()
-            panels.append(("B", studio_b, "multi", label + "\n\n"))
-        for key, studio, mode, label in panels:
-            steps = 4 if key == "B" else key
-            notes[key] = "⏳ generating the baseline at 4 steps…" if key == "B" else f"⏳ generating at {steps} steps…"
+            panels.append(("B", 4, studio_b, "multi", label + "\n\n"))
+        for key, steps, studio, mode, label in panels:
+            notes[key] = f"⏳ generating {'the baseline ' if key == 'B' else ''}at {steps} steps…"
             yield frame()
             run = run_generation(studio, self.generate_fn, steps=steps, seed=seed, seconds=seconds, text=text,
                                  character_id=cid, out_dir=out_dir, name="compare", mode=mode)

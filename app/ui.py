@@ -224,7 +224,7 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
                 with gr.Row():
                     for steps in ("truth",) + tuple(limits.COMPARE_STEPS) + ("B",):
                         name = {"truth": "ground truth", "B": "baseline B (4 naive steps)"}.get(steps, f"{steps} steps")
-                        with gr.Column(elem_classes=["player"], min_width=200):  # the four side by side
+                        with gr.Column(elem_classes=["player"], min_width=200):  # the players side by side
                             video = gr.Video(label=name, elem_id=f"compare-video-{steps}",
                                              buttons=["download"], interactive=False, height=PLAYER_HEIGHT)
                             stats = gr.Markdown(f"{name}: press the button above.", label=f"{name} numbers",
