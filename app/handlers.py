@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -423,6 +424,25 @@ class Handlers:
         from eval.examples import example_files
 
         return example_files(os.path.join(self.assets, "examples"))
+
+    def ablation(self):
+        """(plotly figure or None, markdown) of the shipped factor ablation (``<assets>/arms/ablation.json``,
+        written by ``python -m eval.ablation --json``): corpus-FD per time window, one line per arm."""
+        path = os.path.join(self.assets, "arms", "ablation.json")
+        try:
+            from eval.ablation_report import figure
+
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
+            fig = figure(result)
+        except (ImportError, OSError, ValueError, KeyError, TypeError):
+            return None, ("The factor ablation (arms A-F, issue 13) is not shipped with this build: make it with "
+                          "`python -m mf.train arm --arm all ...` then `python -m eval.ablation --json "
+                          "assets/arms/ablation.json` (model card, \"Ablation as a factor table\").")
+        return fig, (f"**Factor ablation** (arms A-F, model card \"Ablation as a factor table\"): corpus-FD per time "
+                     f"window of {result.get('long_seconds', 25):g} s clips, mean and 95% bootstrap interval over "
+                     f"{len([s for part in result.get('seeds', []) for s in part])} held-out seeds; lower is "
+                     f"closer to the corpus. Made by `{result.get('command', 'python -m eval.ablation')}`.")
 
     @_guarded
     def evaluate_examples(self, metrics, windows="0-5,5-15,15-25", progress=gr.Progress()):

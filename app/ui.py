@@ -333,6 +333,11 @@ def build_app(handlers: Handlers, *, streaming: bool | None = None, cache_exampl
             # ------------------------------------------------------------ About
             with gr.Tab("About", id="about"):
                 gr.Markdown(METHOD)
+                ablation_fig, ablation_text = handlers.ablation()
+                gr.Markdown(ablation_text, elem_id="about-ablation-text")
+                if ablation_fig is not None:
+                    gr.Plot(value=ablation_fig, label="Factor ablation: corpus-FD per time window",
+                            elem_id="about-ablation")
                 gr.Markdown("## How to cite\n\n" + CITATION)
                 card = os.path.join(handlers.assets or "assets", "MODEL_CARD.md")
                 if os.path.isfile(card):

@@ -99,15 +99,92 @@ def find_arms(arms_dir: Path, names) -> tuple[list[tuple], list[dict]]:
     return present, missing
 
 
-def run(args, command: str) -> dict:
-    """Generate and measure every system; the result JSON (see the module docstring)."""
+def _jobs(args, parts, seeds, floor_seeds, present) -> list[dict]:
+    """Every generation/measurement job of a run, biggest first (50-step systems) so workers balance."""
+    jobs = []
+    for p, w, sec, text in parts:
+        jobs.append({"key": ("real", p), "kind": "real", "seeds": seeds, "seconds": sec, "windows": w, "text": text})
+        jobs.append({"key": ("floor", p), "kind": "real", "seeds": floor_seeds, "seconds": sec, "windows": w,
+                     "text": text})
+    for arm, folder in present:
+        for steps, mode in arm.sampling:
+            if args.steps and steps not in args.steps:
+                continue
+            for p, w, sec, text in parts:
+                jobs.append({"key": (arm.name, steps, p), "kind": "gen", "folder": str(folder), "steps": steps,
+                             "mode": mode, "seeds": seeds, "seconds": sec, "windows": w, "text": text})
+    return sorted(jobs, key=lambda j: -(j["steps"] if j["kind"] == "gen" else 1) * j["seconds"])
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(codecs_dir: str, device: str, threads: int) -> None:
+    """A worker process: its own codecs, extractor and studios (loaded once, reused by its jobs)."""
     import torch
 
+    from eval.features import load_extractor
+    from mf.codecs import load_codecs
+
+    torch.set_num_threads(max(1, threads))
+    codecs = load_codecs(codecs_dir)
+    _WORKER.update(ctx={"size": codecs[0].frame_size, "extractor": load_extractor(), "audio_codec": codecs[1],
+                        "codecs": codecs, "device": device, "studios": {}})
+
+
+def _run_job(job: dict, ctx: dict | None = None) -> tuple:
+    """(job key, [clip measurements], seconds) of one job; ``ctx`` None = this worker's context."""
+    import torch
+
+    from mf.pipeline import load_studio
+
+    ctx = ctx or _WORKER["ctx"]
+    t0 = time.monotonic()
+    if job["kind"] == "real":
+        clips = [real_clip(s, job["seconds"], job["windows"], ctx, job["text"]) for s in job["seeds"]]
+    else:
+        studio = ctx["studios"].get(job["folder"])
+        if studio is None:
+            studio = load_studio(model_dir=job["folder"], codecs=ctx["codecs"], device=ctx["device"])
+            studio.model.to(torch.float32)
+            ctx["studios"] = {job["folder"]: studio}  # one arm at a time: jobs of an arm are mostly adjacent
+        clips = [generated_clip(studio, job["steps"], job["mode"], s, job["seconds"], job["windows"], ctx,
+                                job["text"]) for s in job["seeds"]]
+    return job["key"], clips, time.monotonic() - t0
+
+
+def _run_jobs(jobs: list[dict], args, ctx: dict) -> dict:
+    """{job key: clips}: in this process (``--workers 1``) or in ``--workers`` processes (spawned, one torch
+    thread each; clips are deterministic per seed, so the numbers do not depend on the worker count)."""
+    if args.workers <= 1:
+        out = {}
+        for job in jobs:
+            key, clips, dt = _run_job(job, ctx)
+            _log(f"{'/'.join(map(str, key))}: {len(clips)} clips in {dt:.0f} s")
+            out[key] = clips
+        return out
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    if args.codecs is None:
+        raise AblationError("--workers > 1 needs codecs from a folder (--codecs)")
+    out = {}
+    with cf.ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                initargs=(args.codecs, args.device, args.threads)) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        for fut in cf.as_completed(futures):
+            key, clips, dt = fut.result()
+            _log(f"{'/'.join(map(str, key))}: {len(clips)} clips in {dt:.0f} s ({len(out) + 1}/{len(jobs)} jobs)")
+            out[key] = clips
+    return out
+
+
+def run(args, command: str) -> dict:
+    """Generate and measure every system; the result JSON (see the module docstring)."""
     from eval.ablation_report import system_metrics
     from eval.features import load_extractor
     from eval.long_horizon import LONG_TEXT
     from mf.codecs import load_codecs
-    from mf.pipeline import load_studio
 
     n = args.clips_per_set
     first = args.first_seed
@@ -115,8 +192,6 @@ def run(args, command: str) -> dict:
     seeds = [s for part in sets for s in part]
     floor_seeds = [first + N_SETS * n + i for i in range(len(seeds))]
     set_idx = [list(range(k * n, (k + 1) * n)) for k in range(N_SETS)]
-    codecs = load_codecs(args.codecs) if args.codecs else args.codec_objects
-    ctx = {"size": codecs[0].frame_size, "extractor": args.extractor or load_extractor(), "audio_codec": codecs[1]}
     short_w = ((0.0, float(args.short_seconds)),)
     long_w = tuple(w for w in LONG_WINDOWS if w[1] <= args.long_seconds + 1e-9)
     parts = [("short", short_w, args.short_seconds, None)] + ([("windows", long_w, args.long_seconds, LONG_TEXT)]
@@ -124,34 +199,30 @@ def run(args, command: str) -> dict:
     present, missing = find_arms(Path(args.arms_dir), args.arms)
     for m in missing:
         _log(f"arm {m['arm']} missing: {m['reason']}")
-    real = {p: [real_clip(s, sec, w, ctx, text) for s in seeds] for p, w, sec, text in parts}
-    systems = []
-    floor = {"arm": "real", "steps": None, "mode": None, "weights": None}
-    for p, w, sec, text in parts:
-        clips = [real_clip(s, sec, w, ctx, text) for s in floor_seeds]
-        floor[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
-                                        max_frames=args.frames)
-    systems.append(floor)
+    ctx = None
+    if args.workers <= 1:
+        codecs = load_codecs(args.codecs) if args.codecs else args.codec_objects
+        ctx = {"size": codecs[0].frame_size, "extractor": args.extractor or load_extractor(),
+               "audio_codec": codecs[1], "codecs": codecs, "device": args.device, "studios": {}}
+    t0 = time.monotonic()
+    clips = _run_jobs(_jobs(args, parts, seeds, floor_seeds, present), args, ctx)
+    stats = dict(n_boot=args.n_boot, seed=args.seed, sets=set_idx, max_frames=args.frames)
+    systems = [{"arm": "real", "steps": None, "mode": None, "weights": None}
+               | {p: system_metrics(clips[("floor", p)], clips[("real", p)], w, **stats) for p, w, _, _ in parts}]
     for arm, folder in present:
-        studio = load_studio(model_dir=folder, codecs=codecs, device=args.device)
-        studio.model.to(torch.float32)
         for steps, mode in arm.sampling:
             if args.steps and steps not in args.steps:
                 continue
-            entry = {"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
-            for p, w, sec, text in parts:
-                t0 = time.monotonic()
-                clips = [generated_clip(studio, steps, mode, s, sec, w, ctx, text) for s in seeds]
-                _log(f"arm {arm.name}@{steps} {p}: {len(clips)} clips in {time.monotonic() - t0:.0f} s")
-                entry[p] = system_metrics(clips, real[p], w, n_boot=args.n_boot, seed=args.seed, sets=set_idx,
-                                        max_frames=args.frames)
-            systems.append(entry)
+            systems.append({"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
+                           | {p: system_metrics(clips[(arm.name, steps, p)], clips[("real", p)], w, **stats)
+                              for p, w, _, _ in parts})
     for s in systems:
         s["short"] = s["short"]["0-" + f"{args.short_seconds:g}"] | {"by_set": s["short"].get("by_set")}
         s.setdefault("windows", {})
     return {"systems": systems, "seeds": sets, "floor_seeds": floor_seeds, "missing": missing,
             "windows": [f"{a:g}-{b:g}" for a, b in long_w], "short_seconds": args.short_seconds,
-            "long_seconds": args.long_seconds, "n_boot": args.n_boot, "command": command}
+            "long_seconds": args.long_seconds, "n_boot": args.n_boot, "command": command,
+            "workers": args.workers, "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def training_table(runs: Path) -> str:
@@ -209,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", default="assets/codecs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that generate and measure in parallel (numbers do not depend on it)")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--html", default=None, help="plotly figure: corpus-FD per window, one line per arm")

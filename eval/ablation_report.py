@@ -128,7 +128,9 @@ def markdown_table(result: dict) -> str:
     metrics = [m for m in METRICS if m[0] != "identity_ratio"]
     head = "| arm | steps | " + " | ".join(label for _, label, _ in metrics) + " |"
     rule = "|---|---:|" + "---:|" * len(metrics)
-    sections = [("2 s clips", "short", None)] + [(f"25 s clips, {w} s", "windows", w) for w in result["windows"]]
+    short_s, long_s = result.get("short_seconds", 2), result.get("long_seconds", 25)
+    sections = ([(f"{short_s:g} s clips", "short", None)]
+                + [(f"{long_s:g} s clips, {w} s", "windows", w) for w in result["windows"]])
     for title, part, w in sections:
         lines += ["", f"**{title}**", "", head, rule]
         for s in result["systems"]:
@@ -139,7 +141,7 @@ def markdown_table(result: dict) -> str:
 
 
 def figure(result: dict, metric: str = "corpus_fd"):
-    """Plotly figure: ``metric`` vs time window of the 25 s clips, one line per system, interval bands as
+    """Plotly figure: ``metric`` vs time window of the long clips, one line per system, interval bands as
     error bars."""
     import plotly.graph_objects as go
 
@@ -152,7 +154,8 @@ def figure(result: dict, metric: str = "corpus_fd"):
                                  name=f"{s['arm']}@{s['steps']}" if s["steps"] else s["arm"],
                                  error_y=dict(type="data", symmetric=False, array=[y["hi"] - y["mean"] for y in ys],
                                               arrayminus=[y["mean"] - y["lo"] for y in ys])))
-    fig.update_layout(title=f"Ablation: {label} per time window (25 s clips)", xaxis_title="window",
+    long_s = result.get("long_seconds", 25)
+    fig.update_layout(title=f"Ablation: {label} per time window ({long_s:g} s clips)", xaxis_title="window",
                       yaxis_title=label, template="plotly_white")
     return fig
 

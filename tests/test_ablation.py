@@ -221,3 +221,52 @@ def test_one_command_trains_every_arm_from_one_init_with_equal_steps_and_batch(t
     # equal optimizer steps, never wall time
     assert stages.main(["arm", "--arm", "C", "--preset", "micro", "--synthetic", "--init", str(tmp_path / "init"),
                         "--minutes", "1", "--steps", "1", "--runs", str(tmp_path / "r2")]) == 2
+
+
+def test_ablation_numbers_do_not_depend_on_the_worker_count(tmp_path):
+    """--workers 2 (spawned processes, shipped codecs and extractor) gives the same table as --workers 1."""
+    from eval.ablation import main
+    from mf.model import MFTransformer
+    from mf.train.arms import export_arm
+
+    torch.manual_seed(0)
+    micro = MFTransformer.from_preset("micro", video_channels=8, latent_size=8, n_mels=80)
+    export_arm(micro, tmp_path / "arms" / "F", ARMS["F"], {"steps": 0})
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        rc = main(["--arms-dir", str(tmp_path / "arms"), "--arms", "F", "--steps", "4", "--clips-per-set", "2",
+                   "--short-seconds", "1", "--long-seconds", "0", "--n-boot", "20", "--workers", str(workers),
+                   "--json", str(out)])
+        assert rc == 0
+        results[workers] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert [s["arm"] for s in one["systems"]] == [s["arm"] for s in two["systems"]] == ["real", "F"]
+    assert two["workers"] == 2 and one["workers"] == 1
+    for a, b in zip(one["systems"], two["systems"]):
+        for metric, value in a["short"].items():
+            if metric not in ("model_s_per_chunk", "by_set"):
+                assert value == b["short"][metric], (a["arm"], metric)
+        def strip(by_set):
+            return [{w: {k: v for k, v in m.items() if k != "model_s_per_chunk"} for w, m in part.items()}
+                    for part in by_set]
+
+        assert strip(a["short"]["by_set"]) == strip(b["short"]["by_set"]), a["arm"]
+
+
+def test_about_tab_plots_the_shipped_ablation_json_and_says_when_it_is_absent(tmp_path):
+    from app.handlers import Handlers
+
+    handlers = Handlers(None, None, None, assets=str(tmp_path))
+    fig, text = handlers.ablation()
+    assert fig is None and "not shipped" in text and "python -m eval.ablation" in text
+    cell = {"mean": 10.0, "lo": 8.0, "hi": 12.0}
+    result = {"systems": [{"arm": a, "steps": st, "windows": {"0-5": {"corpus_fd": cell}, "5-15": {"corpus_fd": cell}}}
+                          for a, st in (("real", None), ("B", 4), ("F", 4))],
+              "windows": ["0-5", "5-15"], "seeds": [[1, 2], [3, 4], [5, 6]], "long_seconds": 15,
+              "command": "python -m eval.ablation --quick"}
+    (tmp_path / "arms").mkdir()
+    (tmp_path / "arms" / "ablation.json").write_text(json.dumps(result))
+    fig, text = handlers.ablation()
+    assert [t.name for t in fig.data] == ["real", "B@4", "F@4"] and list(fig.data[1].x) == ["0-5 s", "5-15 s"]
+    assert "6 held-out seeds" in text and "--quick" in text and "15 s clips" in text
