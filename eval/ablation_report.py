@@ -137,7 +137,70 @@ def markdown_table(result: dict) -> str:
             cell = s[part] if w is None else s[part].get(w, {})
             lines.append(f"| {s['arm']} | {s['steps'] or '-'} | " + " | ".join(
                 _fmt(cell.get(k, {}), DIGITS[k]) for k, _, _ in metrics) + " |")
+    checks = floor_checks(result)
+    if checks:
+        lines += ["", "**Issue-13 floors (corpus-FD, long clips; `eval.ablation_report.floor_checks`)**", "",
+                  "| floor | window (s) | status | measured: mean [95% interval] |", "|---|---|---|---|"]
+        lines += [f"| {c['floor']} | {c['window']} | {c['status']} | {c['detail']} |" for c in checks]
     return "\n".join(lines)
+
+
+def _system(result: dict, arm: str, steps: int) -> dict | None:
+    return next((s for s in result["systems"] if s["arm"] == arm and s["steps"] == steps), None)
+
+
+def _cell(system: dict | None, window: str, metric: str = "corpus_fd") -> dict | None:
+    cell = (system or {}).get("windows", {}).get(window, {}).get(metric)
+    ok = isinstance(cell, dict) and all(isinstance(cell.get(k), (int, float)) and math.isfinite(cell[k])
+                                        for k in ("mean", "lo", "hi"))
+    return cell if ok else None
+
+
+def floor_checks(result: dict) -> list[dict]:
+    """The issue-13 floors on corpus-FD of the long clips' windows, read from a result JSON:
+
+    - F@4 beats B@4 by >= 30% in every window (mean ratio <= 0.7) with non-overlapping intervals;
+    - F@4 beats C@4 and E@4 in the last window (15-25 s); an overlapping interval is said, not hidden;
+    - F@4 is no worse than A@50 beyond the interval (F's mean <= A's upper bound), in every window.
+    Each row: {"floor", "window", "status": PASS | FAIL | not measured, "detail"}."""
+    f = _system(result, "F", 4)
+    windows = list(result.get("windows", []))
+    rows = []
+
+    def add(floor, window, status, detail):
+        rows.append({"floor": floor, "window": window, "status": status, "detail": detail})
+
+    def fmt(c):
+        return f"{c['mean']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]"
+
+    for w in windows:
+        a, b = _cell(f, w), _cell(_system(result, "B", 4), w)
+        if a is None or b is None:
+            add("F@4 beats B@4 by >= 30%, intervals apart", w, "not measured", "F@4 or B@4 absent")
+        else:
+            ratio = a["mean"] / b["mean"] if b["mean"] > 0 else math.inf
+            ok = ratio <= 0.7 and a["hi"] < b["lo"]
+            add("F@4 beats B@4 by >= 30%, intervals apart", w, "PASS" if ok else "FAIL",
+                f"F@4 {fmt(a)} vs B@4 {fmt(b)}: ratio {ratio:.2f}, intervals "
+                f"{'apart' if a['hi'] < b['lo'] else 'overlap'}")
+    last = "15-25" if "15-25" in windows else None
+    for other in ("C", "E"):
+        a, o = (_cell(f, last), _cell(_system(result, other, 4), last)) if last else (None, None)
+        if a is None or o is None:
+            add(f"F@4 beats {other}@4 at 15-25 s", last or "15-25", "not measured",
+                "no 15-25 s window in this run" if last is None else f"F@4 or {other}@4 absent")
+        else:
+            apart = a["hi"] < o["lo"]
+            add(f"F@4 beats {other}@4 at 15-25 s", last, "PASS" if a["mean"] < o["mean"] else "FAIL",
+                f"F@4 {fmt(a)} vs {other}@4 {fmt(o)}: intervals {'apart' if apart else 'OVERLAP'}")
+    for w in windows:
+        a, o = _cell(f, w), _cell(_system(result, "A", 50), w)
+        if a is None or o is None:
+            add("F@4 no worse than A@50 beyond the interval", w, "not measured", "F@4 or A@50 absent")
+        else:
+            add("F@4 no worse than A@50 beyond the interval", w, "PASS" if a["mean"] <= o["hi"] else "FAIL",
+                f"F@4 {fmt(a)} vs A@50 {fmt(o)}")
+    return rows
 
 
 def figure(result: dict, metric: str = "corpus_fd"):
@@ -160,4 +223,4 @@ def figure(result: dict, metric: str = "corpus_fd"):
     return fig
 
 
-__all__ = ["DIGITS", "METRICS", "bootstrap", "figure", "markdown_table", "system_metrics"]
+__all__ = ["DIGITS", "METRICS", "bootstrap", "figure", "floor_checks", "markdown_table", "system_metrics"]

@@ -270,3 +270,30 @@ def test_about_tab_plots_the_shipped_ablation_json_and_says_when_it_is_absent(tm
     fig, text = handlers.ablation()
     assert [t.name for t in fig.data] == ["real", "B@4", "F@4"] and list(fig.data[1].x) == ["0-5 s", "5-15 s"]
     assert "6 held-out seeds" in text and "--quick" in text and "15 s clips" in text
+
+
+def test_floor_checks_read_the_issue_floors_from_the_json():
+    from eval.ablation_report import floor_checks, markdown_table
+
+    def sys_(arm, steps, fds):
+        return {"arm": arm, "steps": steps, "short": {}, "windows": {
+            w: {"corpus_fd": {"mean": m, "lo": m - h, "hi": m + h}} for w, (m, h) in fds.items()}}
+
+    wins = ("0-5", "5-15", "15-25")
+    result = {"windows": list(wins), "seeds": [[1, 2], [3, 4], [5, 6]], "floor_seeds": [7, 12], "command": "x",
+              "systems": [sys_("F", 4, {w: (10.0, 1.0) for w in wins}),
+                          sys_("B", 4, {"0-5": (20.0, 1.0), "5-15": (13.0, 1.0), "15-25": (20.0, 9.5)}),
+                          sys_("C", 4, {w: (13.0, 1.0) for w in wins}),
+                          sys_("E", 4, {w: (10.5, 1.0) for w in wins}),
+                          sys_("A", 50, {"0-5": (9.5, 1.0), "5-15": (8.0, 1.0), "15-25": (9.0, 2.0)})]}
+    rows = {(r["floor"].split()[2], r["window"]): r for r in floor_checks(result)}
+    assert rows[("B@4", "0-5")]["status"] == "PASS"
+    assert rows[("B@4", "5-15")]["status"] == "FAIL"  # ratio 0.77: under 30% better
+    assert rows[("B@4", "15-25")]["status"] == "FAIL" and "overlap" in rows[("B@4", "15-25")]["detail"]
+    assert rows[("C@4", "15-25")]["status"] == "PASS" and "apart" in rows[("C@4", "15-25")]["detail"]
+    assert rows[("E@4", "15-25")]["status"] == "PASS" and "OVERLAP" in rows[("E@4", "15-25")]["detail"]
+    assert [rows[("worse", w)]["status"] for w in wins] == ["PASS", "FAIL", "PASS"]  # 5-15: 10 > 8 + 1
+    assert "Issue-13 floors" in markdown_table(result)
+    result["windows"] = ["0-5"]  # a --quick-like run without the last window says so
+    rows = {(r["floor"].split()[2], r["window"]): r for r in floor_checks(result)}
+    assert rows[("C@4", "15-25")]["status"] == "not measured"
