@@ -1,7 +1,7 @@
 """`python -m eval.ablation`: the factor table of the ablation arms A-F (issue 13), straight from its runs.
 
     python -m eval.ablation --json runs/ablation.json --markdown runs/ablation.md --html runs/ablation.html
-    python -m eval.ablation --quick ...        # fewer / shorter clips (sized for ~15 min on 2 cores)
+    python -m eval.ablation --quick --workers 2 ...   # fewer / shorter clips, no F@50 (sized for 15 min on 2 cores)
 
 Arms are read from ``<--arms-dir>/<arm>/`` (layout in ``mf.train.arms``; produced by
 ``python -m mf.train arm --arm all``); each arm is sampled at its steps of ``mf.train.arms.ARMS`` (B: 4 Euler
@@ -108,12 +108,17 @@ def _jobs(args, parts, seeds, floor_seeds, present) -> list[dict]:
                      "text": text})
     for arm, folder in present:
         for steps, mode in arm.sampling:
-            if args.steps and steps not in args.steps:
+            if not _wanted(args, arm.name, steps):
                 continue
             for p, w, sec, text in parts:
                 jobs.append({"key": (arm.name, steps, p), "kind": "gen", "folder": str(folder), "steps": steps,
                              "mode": mode, "seeds": seeds, "seconds": sec, "windows": w, "text": text})
     return sorted(jobs, key=lambda j: -(j["steps"] if j["kind"] == "gen" else 1) * j["seconds"])
+
+
+def _wanted(args, arm: str, steps: int) -> bool:
+    """Whether the system arm@steps is measured (``--steps`` keeps step counts, ``--skip`` drops systems)."""
+    return (not args.steps or steps in args.steps) and f"{arm}@{steps}" not in args.skip
 
 
 _WORKER: dict = {}
@@ -211,7 +216,7 @@ def run(args, command: str) -> dict:
                | {p: system_metrics(clips[("floor", p)], clips[("real", p)], w, **stats) for p, w, _, _ in parts}]
     for arm, folder in present:
         for steps, mode in arm.sampling:
-            if args.steps and steps not in args.steps:
+            if not _wanted(args, arm.name, steps):
                 continue
             systems.append({"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
                            | {p: system_metrics(clips[(arm.name, steps, p)], clips[("real", p)], w, **stats)
@@ -222,7 +227,7 @@ def run(args, command: str) -> dict:
     return {"systems": systems, "seeds": sets, "floor_seeds": floor_seeds, "missing": missing,
             "windows": [f"{a:g}-{b:g}" for a, b in long_w], "short_seconds": args.short_seconds,
             "long_seconds": args.long_seconds, "n_boot": args.n_boot, "command": command,
-            "workers": args.workers, "wall_s": round(time.monotonic() - t0, 1)}
+            "skipped": sorted(args.skip), "workers": args.workers, "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def training_table(runs: Path) -> str:
@@ -275,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-seconds", type=float, default=25.0, help="0 skips the long clips")
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--frames", type=int, default=256, help="N frames per window and side for FD / KID")
-    p.add_argument("--quick", action="store_true", help="2 seeds per set, 15 s long clips, 100 bootstraps")
+    p.add_argument("--skip", default=None,
+                   help="systems left out, e.g. F@50 (default: none; with --quick: F@50, in no floor)")
+    p.add_argument("--quick", action="store_true",
+                   help="2 seeds per set, 15 s long clips, 100 bootstraps, --skip F@50 (sized for 15 min on 2 cores)")
     p.add_argument("--first-seed", type=int, default=HELDOUT_SEED_START)
     p.add_argument("--codecs", default="assets/codecs")
     p.add_argument("--device", default="cpu")
@@ -315,6 +323,9 @@ def main(argv: list[str] | None = None, *, codec_objects=None, extractor=None) -
         args.clips_per_set, args.long_seconds, args.n_boot = 2, min(args.long_seconds, 15.0), 100
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     args.steps = {int(s) for s in args.steps.split(",")} if args.steps else None
+    if args.skip is None:
+        args.skip = "F@50" if args.quick else ""
+    args.skip = {x.strip().upper() for x in args.skip.split(",") if x.strip()}
     args.codec_objects, args.extractor = codec_objects, extractor
     if codec_objects is not None:
         args.codecs = None

@@ -125,6 +125,8 @@ def markdown_table(result: dict) -> str:
     if result.get("missing"):
         lines += ["", "Missing arms (not in the table): " + "; ".join(f"{m['arm']}: {m['reason']}"
                                                                        for m in result["missing"])]
+    if result.get("skipped"):
+        lines += ["", "Left out of this run (`--skip`): " + ", ".join(result["skipped"])]
     metrics = [m for m in METRICS if m[0] != "identity_ratio"]
     head = "| arm | steps | " + " | ".join(label for _, label, _ in metrics) + " |"
     rule = "|---|---:|" + "---:|" * len(metrics)

@@ -112,12 +112,21 @@ def _sync_fn():
     return estimate_sync, ""
 
 
-def _sync_fields(estimate_sync, frames, audio):
+# Said on every real-face row that carries an offset: what the held-out real clips showed (issue 16).
+REAL_FACE_SYNC_NOTE = ("sync on a real face (landmarks): on 57 held-out real clips 26% of imposed shifts read wrong "
+                       "without a flag, web footage reading -80..-280 ms (docs/measurements/sync_fresh_split.md); "
+                       "confirm with SyncNet LSE-C/D")
+
+
+def _sync_fields(estimate_sync, frames, audio, notes: list | None = None):
     """Sync columns of a row. An uncertain estimate (eval.sync: any flag) gives no offset (NaN) and
-    sync_uncertain True, with the reason in sync_flag; confidence and prominence are kept as evidence."""
+    sync_uncertain True, with the reason in sync_flag; confidence and prominence are kept as evidence.
+    ``notes``: a measured offset on a real face (``localizer == "face-mesh"``) adds REAL_FACE_SYNC_NOTE."""
     res = estimate_sync(frames, FPS, audio, SAMPLE_RATE)
     uncertain = bool(res.uncertain)
     measured = math.isfinite(float(res.confidence)) and not uncertain
+    if notes is not None and measured and getattr(res, "localizer", "") == "face-mesh":
+        notes.append(REAL_FACE_SYNC_NOTE)
     return {"sync_offset_frames": int(res.offset_frames) if measured else math.nan,
             "sync_offset_ms": float(res.offset_ms) if measured else math.nan,
             "sync_confidence": float(res.confidence), "sync_prominence": float(res.prominence),
@@ -223,7 +232,7 @@ def _score_clip(row, notes, gen, pair, metrics, windows, estimate_sync, timings)
         with_sync = False
     if with_sync:
         with _timed(timings, "sync"):
-            row.update(_sync_fields(estimate_sync, gen.frames, gen.audio))
+            row.update(_sync_fields(estimate_sync, gen.frames, gen.audio, notes))
     g, r = pair
     with_audio = r is not None and r.audio is not None and g.audio is not None and bool({"pesq", "stoi"} & set(metrics))
     if with_audio:

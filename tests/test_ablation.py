@@ -237,12 +237,13 @@ def test_ablation_numbers_do_not_depend_on_the_worker_count(tmp_path):
         out = tmp_path / f"w{workers}.json"
         rc = main(["--arms-dir", str(tmp_path / "arms"), "--arms", "F", "--steps", "4", "--clips-per-set", "2",
                    "--short-seconds", "1", "--long-seconds", "0", "--n-boot", "20", "--workers", str(workers),
+                   "--skip", "f@50",
                    "--json", str(out)])
         assert rc == 0
         results[workers] = json.loads(out.read_text())
     one, two = results[1], results[2]
     assert [s["arm"] for s in one["systems"]] == [s["arm"] for s in two["systems"]] == ["real", "F"]
-    assert two["workers"] == 2 and one["workers"] == 1
+    assert two["workers"] == 2 and one["workers"] == 1 and one["skipped"] == ["F@50"]
     for a, b in zip(one["systems"], two["systems"]):
         for metric, value in a["short"].items():
             if metric not in ("model_s_per_chunk", "by_set"):
