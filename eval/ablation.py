@@ -99,26 +99,25 @@ def find_arms(arms_dir: Path, names) -> tuple[list[tuple], list[dict]]:
     return present, missing
 
 
-def _jobs(args, parts, seeds, floor_seeds, present) -> list[dict]:
+def _systems(args, present) -> list[tuple]:
+    """(arm, folder, steps, mode) of every system this run measures (``--steps`` keeps step counts,
+    ``--skip`` drops systems such as F@50)."""
+    return [(arm, folder, steps, mode) for arm, folder in present for steps, mode in arm.sampling
+            if (not args.steps or steps in args.steps) and f"{arm.name}@{steps}" not in args.skip]
+
+
+def _jobs(parts, seeds, floor_seeds, systems) -> list[dict]:
     """Every generation/measurement job of a run, biggest first (50-step systems) so workers balance."""
     jobs = []
     for p, w, sec, text in parts:
         jobs.append({"key": ("real", p), "kind": "real", "seeds": seeds, "seconds": sec, "windows": w, "text": text})
         jobs.append({"key": ("floor", p), "kind": "real", "seeds": floor_seeds, "seconds": sec, "windows": w,
                      "text": text})
-    for arm, folder in present:
-        for steps, mode in arm.sampling:
-            if not _wanted(args, arm.name, steps):
-                continue
-            for p, w, sec, text in parts:
-                jobs.append({"key": (arm.name, steps, p), "kind": "gen", "folder": str(folder), "steps": steps,
-                             "mode": mode, "seeds": seeds, "seconds": sec, "windows": w, "text": text})
+    for arm, folder, steps, mode in systems:
+        for p, w, sec, text in parts:
+            jobs.append({"key": (arm.name, steps, p), "kind": "gen", "folder": str(folder), "steps": steps,
+                         "mode": mode, "seeds": seeds, "seconds": sec, "windows": w, "text": text})
     return sorted(jobs, key=lambda j: -(j["steps"] if j["kind"] == "gen" else 1) * j["seconds"])
-
-
-def _wanted(args, arm: str, steps: int) -> bool:
-    """Whether the system arm@steps is measured (``--steps`` keeps step counts, ``--skip`` drops systems)."""
-    return (not args.steps or steps in args.steps) and f"{arm}@{steps}" not in args.skip
 
 
 _WORKER: dict = {}
@@ -210,17 +209,15 @@ def run(args, command: str) -> dict:
         ctx = {"size": codecs[0].frame_size, "extractor": args.extractor or load_extractor(),
                "audio_codec": codecs[1], "codecs": codecs, "device": args.device, "studios": {}}
     t0 = time.monotonic()
-    clips = _run_jobs(_jobs(args, parts, seeds, floor_seeds, present), args, ctx)
+    measured = _systems(args, present)
+    clips = _run_jobs(_jobs(parts, seeds, floor_seeds, measured), args, ctx)
     stats = dict(n_boot=args.n_boot, seed=args.seed, sets=set_idx, max_frames=args.frames)
     systems = [{"arm": "real", "steps": None, "mode": None, "weights": None}
                | {p: system_metrics(clips[("floor", p)], clips[("real", p)], w, **stats) for p, w, _, _ in parts}]
-    for arm, folder in present:
-        for steps, mode in arm.sampling:
-            if not _wanted(args, arm.name, steps):
-                continue
-            systems.append({"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
-                           | {p: system_metrics(clips[(arm.name, steps, p)], clips[("real", p)], w, **stats)
-                              for p, w, _, _ in parts})
+    for arm, folder, steps, mode in measured:
+        systems.append({"arm": arm.name, "steps": steps, "mode": mode, "weights": str(folder)}
+                       | {p: system_metrics(clips[(arm.name, steps, p)], clips[("real", p)], w, **stats)
+                          for p, w, _, _ in parts})
     for s in systems:
         s["short"] = s["short"]["0-" + f"{args.short_seconds:g}"] | {"by_set": s["short"].get("by_set")}
         s.setdefault("windows", {})

@@ -125,7 +125,7 @@ def _sync_fields(estimate_sync, frames, audio, notes: list | None = None):
     res = estimate_sync(frames, FPS, audio, SAMPLE_RATE)
     uncertain = bool(res.uncertain)
     measured = math.isfinite(float(res.confidence)) and not uncertain
-    if notes is not None and measured and getattr(res, "localizer", "") == "face-mesh":
+    if notes is not None and measured and res.localizer == "face-mesh":
         notes.append(REAL_FACE_SYNC_NOTE)
     return {"sync_offset_frames": int(res.offset_frames) if measured else math.nan,
             "sync_offset_ms": float(res.offset_ms) if measured else math.nan,
