@@ -150,3 +150,38 @@ def mouth_opening(track: FaceMeshTrack) -> np.ndarray:
     eyes = np.linalg.norm(p[:, EYE_CORNERS[0]] - p[:, EYE_CORNERS[1]], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(eyes > 0, gap / eyes, np.nan)
+
+
+# Lip geometry (``lip_geometry``): signed vertical gaps between landmark pairs of the inner and the outer lip
+# contour, the widths of both contours, the jaw drop (nose tip 1 to chin 152) and the heights of three lip
+# points, all in the face's own axes (origin between the outer eye corners, x along the eye line) and in
+# units of the eye distance, so the head's position, size and roll drop out.
+LIP_GAP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402), (80, 88), (310, 318),  # inner lip
+                 (0, 17), (37, 84), (267, 314))  # outer lip
+LIP_WIDTH_PAIRS = ((61, 291), (78, 308))  # outer and inner mouth corners
+JAW_PAIR = (1, 152)
+LIP_HEIGHT_POINTS = (13, 14, 17)
+N_LIP_FEATURES = len(LIP_GAP_PAIRS) + len(LIP_WIDTH_PAIRS) + 1 + len(LIP_HEIGHT_POINTS)
+
+
+def lip_geometry(track: FaceMeshTrack) -> np.ndarray:
+    """Face-aligned lip shape per frame, float [T, N_LIP_FEATURES] (NaN rows where the face was lost):
+    the vertical gaps of LIP_GAP_PAIRS, the widths of LIP_WIDTH_PAIRS, the jaw drop, then the heights of
+    LIP_HEIGHT_POINTS below the eye line (see the comment above ``LIP_GAP_PAIRS``)."""
+    p = np.asarray(track.points, dtype=np.float64)  # [T, 468, 2]
+    left, right = p[:, EYE_CORNERS[0]], p[:, EYE_CORNERS[1]]
+    axis = right - left
+    scale = np.linalg.norm(axis, axis=1)  # [T]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ux = axis / scale[:, None]  # [T, 2] unit vector along the eye line
+        uy = np.stack([-ux[:, 1], ux[:, 0]], axis=1)  # perpendicular, pointing down the face (image y down)
+        rel = p - ((left + right) / 2)[:, None]  # [T, 468, 2]
+        x = np.einsum("tnd,td->tn", rel, ux) / scale[:, None]
+        y = np.einsum("tnd,td->tn", rel, uy) / scale[:, None]
+    cols = [y[:, b] - y[:, a] for a, b in LIP_GAP_PAIRS]
+    cols += [x[:, b] - x[:, a] for a, b in LIP_WIDTH_PAIRS]
+    cols += [y[:, JAW_PAIR[1]] - y[:, JAW_PAIR[0]]]
+    cols += [y[:, i] for i in LIP_HEIGHT_POINTS]
+    out = np.stack(cols, axis=1)
+    out[~(scale > 0)] = np.nan
+    return out

@@ -12,6 +12,16 @@ Localizers, tried in this order; the one used is reported (``MouthTrack.localize
    ring's bounding box widened by MOUTH_MARGIN, and ``opening`` is the inner-lip gap / eye distance
    (frames where the face was lost are interpolated). ``face_boxes`` stay the Haar track (SyncNet's
    crops). Otherwise the Haar box below is used.
+   Tight face crops (LRS2's 160 x 160, a face filling the frame) defeat the cascade while the landmark
+   model still sees the face: when the cascade finds a face in SOME sampled frames but fewer than
+   MIN_DETECTION_RATE, the landmarks are seeded with a centred square of CENTRE_SEED x the frame's short
+   side instead (``face_boxes`` = that square), and kept under the same MIN_MESH_RATE rule. Frames under
+   CENTRE_SEED_MIN_SIDE pixels never try this: the cascade fires now and then on the project's own 64 px
+   characters (on 18 of 40 held-out corpus seeds), and the seed would have moved 9 of them from the
+   motion localizer, which the corpus sync bar was measured with, to landmarks on a cartoon. Nor does a
+   clip where the cascade finds no face at all. On LRS2 demo clips 00008 and
+   00024 and an astorfi clip (Haar rates 0.08-0.23) the centred seed tracked the landmarks on every frame
+   (docs/measurements/sync_fresh_split.md).
 1. ``"haar-face"``: OpenCV's frontal-face Haar cascade (``mf.face.haar_face_cascade``, shipped with
    opencv-python-headless, nothing downloaded). It runs on up to ``MAX_DETECTIONS`` evenly spaced
    frames, downscaled so the long side is ~320 px (upscaled for tiny frames such as the 64 px
@@ -54,6 +64,8 @@ MOUTH_Y = (0.62, 1.0)
 FALLBACK_W, FALLBACK_H = 0.30, 0.22
 HEAD_STILL = 0.25  # face-centre travel (fraction of face width) below which the face box is fixed
 MIN_MESH_RATE = 0.8  # fraction of frames with landmarks needed for the "face-mesh" localizer
+CENTRE_SEED = 0.75  # side of the centred landmark seed square / the frame's short side (tight face crops)
+CENTRE_SEED_MIN_SIDE = 128  # frames with a shorter side (the 64 px corpus) never get the centred seed
 MOUTH_MARGIN = 0.25  # the landmark mouth box is widened by this fraction of its size on every side
 LOCALIZERS = ("face-mesh", "haar-face", "motion-fallback", "centre-fallback")
 
@@ -67,6 +79,7 @@ class MouthTrack:
     localizer: str  # one of LOCALIZERS
     detection_rate: float  # fraction of sampled frames where the cascade found a face
     opening: np.ndarray | None = None  # float [T] mouth opening (eval.landmarks) for "face-mesh"
+    lips: np.ndarray | None = None  # float [T, N_LIP_FEATURES] lip geometry (eval.landmarks.lip_geometry), "face-mesh"
     mesh_rate: float = 0.0  # fraction of frames where the landmarks were found
 
     def median_box(self) -> tuple[int, int, int, int]:
@@ -207,7 +220,7 @@ def _fill(x: np.ndarray) -> np.ndarray:
 
 def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: float) -> MouthTrack | None:
     """"face-mesh" track from the landmarks (eval.landmarks), or None when too few frames have them."""
-    from eval.landmarks import mouth_opening, track_face_mesh
+    from eval.landmarks import lip_geometry, mouth_opening, track_face_mesh
 
     mesh = track_face_mesh(frames, face)
     found = mesh.found
@@ -218,7 +231,8 @@ def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: floa
     mouth = np.concatenate([mouth[:, :2] - pad, mouth[:, 2:] + pad], axis=1)
     # face_boxes stay the Haar track: SyncNet's face crops (eval.syncnet) are framed like its detector's boxes.
     return MouthTrack(_clip_boxes(mouth, h, w), face, "face-mesh", rate,
-                      opening=_fill(mouth_opening(mesh)), mesh_rate=float(found.mean()))
+                      opening=_fill(mouth_opening(mesh)), mesh_rate=float(found.mean()),
+                      lips=_fill(lip_geometry(mesh)))
 
 
 def locate_mouth(frames: np.ndarray, fps: float = 25.0, use_landmarks: bool = True) -> MouthTrack:
@@ -236,6 +250,12 @@ def locate_mouth(frames: np.ndarray, fps: float = 25.0, use_landmarks: bool = Tr
         if mesh is not None:
             return mesh
         return MouthTrack(_mouth_from_face(face, h, w), face, "haar-face", float(rate))
+    if use_landmarks and rate > 0 and min(h, w) >= CENTRE_SEED_MIN_SIDE:  # a tight face crop? (localizer 0)
+        side = CENTRE_SEED * min(w, h)
+        centre = np.tile([(w - side) / 2, (h - side) / 2, side, side], (t, 1)).astype(np.float64)
+        mesh = _mesh_track(frames, centre, h, w, float(rate))
+        if mesh is not None:
+            return mesh
     box = _motion_box(frames, float(fps))
     localizer = "motion-fallback"
     if box is None:

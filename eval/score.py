@@ -113,9 +113,9 @@ def _sync_fn():
 
 
 # Said on every real-face row that carries an offset: what the held-out real clips showed (issue 16).
-REAL_FACE_SYNC_NOTE = ("sync on a real face (landmarks): on 57 held-out real clips 26% of imposed shifts read wrong "
-                       "without a flag, web footage reading -80..-280 ms (docs/measurements/sync_fresh_split.md); "
-                       "confirm with SyncNet LSE-C/D")
+REAL_FACE_SYNC_NOTE = ("sync on a real face (landmarks): on held-out real clips, imposed shifts read wrong without a "
+                       "flag on 4% of lab footage and 40% of web footage, where it reads -80..-280 ms "
+                       "(docs/measurements/sync_fresh_split.md); confirm with SyncNet LSE-C/D")
 
 
 def _sync_fields(estimate_sync, frames, audio, notes: list | None = None):

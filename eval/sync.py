@@ -63,6 +63,22 @@ Method of the weight-free estimator
    in docs/ARCHITECTURE.md). With landmarks the prominence ("weak_peak"), split ("inconsistent") and
    LOW_CONFIDENCE checks are not applied: on 5 s real clips they declined correct readings and caught
    no wrong one that the permutation test missed.
+6. Faces with landmarks: a second opinion from the whole lip SHAPE (``eval.lip_model``). The lip geometry
+   (``eval.landmarks.lip_geometry``: 16 face-aligned lip gaps, widths, jaw drop and lip heights) and the
+   log-mel bands at +-3 frames are projected on the two canonical directions of a CCA fitted once, on
+   real clips published in sync (``assets/eval/sync/lip_model.npz``, ``python -m eval.lip_fit``; the
+   clips and command are in ``lip_model.json``); each pair is correlated at every lag and the two curves
+   averaged (``lip_curve``). It does not move the offset (which stays the argmax of step 5's curve): its
+   own reading is reported as ``lip_model_offset_frames``, and when it is more than LIP_AGREE_FRAMES from
+   the offset the clip is flagged "models_disagree". The two models read the lag from different evidence
+   (the inner-lip gap against loudness and per-clip spectra, vs the lip shape against a fixed spectral
+   model), so a chance peak of one is often not the other's. Measured on 35 lab/broadcast clips published
+   in sync, with the lip model fitted without each clip's source (``python -m eval.sync_validate FOLDER
+   --loso``): shifted copies wrong without a flag 7.9% -> 3.6%, in-sync clips read 0 +- 40 ms or flagged
+   91.4% -> 97.1%, in-sync clips flagged 40.0% -> 54.3% (docs/measurements/sync_fresh_split.md).
+   Agreement is NOT evidence of sync: both models hear the same audio bands, and another speaker's audio
+   on a real face made both peak at the same chance lag (talk2's audio on talk3: -3 and -3 frames, peak
+   correlation 0.05), so exact agreement never overrides the permutation test.
 
 Flags (one string or None, most serious first; ``uncertain`` is True whenever a flag is set, and callers
 must then not report the offset as a measurement): "too_short" (under MIN_SECONDS, or fewer than
@@ -71,7 +87,8 @@ energy), "static_video" (the mouth never changes), "too_little_speech" (under MI
 voiced), "low_confidence" (confidence < LOW_CONFIDENCE), "peak_at_edge" (the peak is at
 +-max_shift, so the maximum may lie beyond the search), "weak_peak" (prominence < MIN_PROMINENCE; not
 for faces with landmarks), "not_significant" (a rolled-audio peak reaches the clip's own peak),
-"inconsistent" (either part's peak is more than 1 frame from the whole clip's; not for faces with
+"models_disagree" (faces with landmarks: the lip model's peak is more than LIP_AGREE_FRAMES from the
+offset, step 6), "inconsistent" (either part's peak is more than 1 frame from the whole clip's; not for faces with
 landmarks). "low_confidence" is not applied to faces with landmarks either (step 5).
 Limits, measured (``python -m eval.sync_validate``, numbers in docs/ARCHITECTURE.md): on 5-15 s real
 clips the landmark opening correlates with loudness at only ~0.2-0.4; the flags pass all 3 real_av
@@ -91,6 +108,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 from scipy.signal import butter, sosfiltfilt
 
+from eval.lip_model import LipModel, load_lip_model, project
 from eval.mouth import MouthTrack, locate_mouth, mouth_crops
 from eval.syncnet import syncnet_scores  # noqa: F401  (part of this module's API, see docstring)
 from mf.constants import FPS, SAMPLE_RATE
@@ -117,8 +135,9 @@ SPLIT_FRACTION = 0.7  # the consistency check re-runs the search on the first an
 SPECTRAL_MELS = 24  # log-mel bands (80-7600 Hz) of the second, spectral estimator (faces with landmarks)
 SPECTRAL_RIDGE = 1.0  # ridge penalty per row on the standardised bands (the same on every lag)
 SPECTRAL_FOLDS = 5  # contiguous cross-validation folds of the spectral estimator
+LIP_AGREE_FRAMES = 1  # the lip model's peak (step 6) may be this far from the offset without "models_disagree"
 FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
-         "weak_peak", "not_significant", "inconsistent")
+         "weak_peak", "not_significant", "models_disagree", "inconsistent")
 
 
 @dataclass
@@ -364,6 +383,16 @@ def mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, n: int = N_S
                                  max_shift).max() for r in _rolls(len(env_bp), max_shift, n)])
 
 
+def lip_curve(model: LipModel, bands_bp: np.ndarray, lips: np.ndarray, votes: np.ndarray, max_shift: int,
+              fps: float) -> np.ndarray:
+    """The second opinion's curve (step 6): the lip geometry ``lips`` (raw, float [T, L]) band-passed like the
+    opening, both sides projected on the lip model's canonical directions, each pair correlated at every lag
+    (voting frames only), the curves averaged."""
+    lips_bp = np.stack([_bandpass(c, fps, MESH_BAND_HZ) for c in np.asarray(lips, np.float64).T], axis=1)
+    a, v = project(model, bands_bp, lips_bp, votes)
+    return np.mean([lagged_correlation(a[:, i], v[:, i], max_shift, votes) for i in range(a.shape[1])], axis=0)
+
+
 def av_signals(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
                track: MouthTrack | None = None) -> tuple[np.ndarray, np.ndarray, MouthTrack]:
     """The raw (not band-passed) per-frame signals: (audio envelope, mouth signal, mouth track)."""
@@ -391,11 +420,13 @@ def _check_inputs(frames, fps, audio, sample_rate):
 
 
 def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, *,
-                  max_shift: int = MAX_SHIFT, track: MouthTrack | None = None) -> SyncResult:
+                  max_shift: int = MAX_SHIFT, track: MouthTrack | None = None,
+                  lip_model: LipModel | None = None) -> SyncResult:
     """Weight-free audio-video offset of a talking-head clip (see the module docstring).
 
     ``frames`` uint8 [T, H, W, 3] at ``fps``; ``audio`` float [N] (or [N, C]) at ``sample_rate``,
-    starting at the same instant as the first frame. ``track`` reuses a mouth track already computed.
+    starting at the same instant as the first frame. ``track`` reuses a mouth track already computed;
+    ``lip_model`` replaces the shipped lip model of step 6 (``eval.sync_validate --loso`` fits its own).
     """
     frames, fps, audio, sample_rate = _check_inputs(frames, fps, audio, sample_rate)
     if int(max_shift) != max_shift or max_shift < 1:
@@ -422,9 +453,13 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     if mesh:
         votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
     onset = track.localizer in ("motion-fallback", "centre-fallback")
+    lip_offset = None  # the lip model's reading (step 6), faces with landmarks only
     if mesh:
         bands_bp = spectral_bands(audio, sample_rate, t, fps)
         curve = _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift)
+        if track.lips is not None:
+            lips = lip_curve(lip_model or load_lip_model(), bands_bp, track.lips, votes, max_shift, fps)
+            lip_offset = int(np.argmax(lips)) - max_shift
     else:
         curve = _curve(env_bp, mouth_bp, votes, max_shift, onset)
     best = int(np.argmax(curve))
@@ -445,10 +480,13 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
     elif np.any((mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift) if mesh
                  else chance_peaks(env_bp, mouth_bp, votes, max_shift, onset)) >= curve[best]):
         flag = "not_significant"
+    elif lip_offset is not None and abs(lip_offset - offset) > LIP_AGREE_FRAMES:
+        flag = "models_disagree"
     elif not mesh and not _consistent(env_bp, mouth_bp, votes, max_shift, onset, offset):
         flag = "inconsistent"
+    extras = {} if lip_offset is None else {"lip_model_offset_frames": lip_offset}
     return SyncResult(offset, offset * 1000.0 / fps, confidence, flag, curve, **base, peak_corr=float(curve[best]),
-                      prominence=prominence, voiced_seconds=voiced_seconds)
+                      prominence=prominence, voiced_seconds=voiced_seconds, extras=extras)
 
 
 def peak_prominence(curve: np.ndarray, guard: int = PROMINENCE_GUARD) -> float:

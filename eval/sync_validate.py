@@ -1,6 +1,6 @@
 """Measure the weight-free sync estimator against the issue-16 floors and print the numbers.
 
-    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview] [--corpus 5]
+    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview] [--corpus 5] [--loso]
 
 Each FOLDER holds real talking-face clips (mp4/mov/mkv/avi/webm) whose audio is taken to be in sync as
 published. Per clip, the estimator runs on the clip itself (in-sync case) and on copies whose audio is
@@ -19,6 +19,11 @@ Reported (and compared with the floors of issue 16):
   rather than from the shifted copies;
 - in-sync clips: offset within +-1 frame (+-40 ms) or flagged uncertain (floor >= 95%), and flagged
   (floor <= 10%).
+``--loso``: leave one source out for the lip model (``eval.lip_model``, the estimator's step 6). A clip's
+source is its file name up to the first "_" (e.g. ``lipnet_grid_bbaf2n.mp4`` -> ``lipnet``). For each
+source, the lip model is fitted (``eval.lip_fit``) on the clips of every OTHER source and the source's own
+clips are measured with it, so the numbers say how the shipped model does on speakers and footage it has
+not seen. Without ``--loso`` the shipped model is used (fitted on some of these clips, perhaps).
 ``--corpus N``: the existing corpus bar, N held-out corpus seeds (from HELDOUT_SEED_START + 10) x 8 s x
 shifts -10..+10 rendered by ``mf.data.render_clip``, recovered EXACTLY in >= 95% (105/105 before landmarks).
 ``--preview``: the README's preview clip (seed 3, 4 s, "hello there" then silence, true offset 0) must
@@ -62,10 +67,16 @@ def shifted(frames: np.ndarray, audio: np.ndarray, k: int, fps: float = FPS,
 def _cut(track: MouthTrack, part: slice) -> MouthTrack:
     return replace(track, boxes=track.boxes[part],
                    face_boxes=None if track.face_boxes is None else track.face_boxes[part],
-                   opening=None if track.opening is None else track.opening[part])
+                   opening=None if track.opening is None else track.opening[part],
+                   lips=None if track.lips is None else track.lips[part])
 
 
-def validate_clip(path: str, shifts: int) -> dict:
+def source_of(path: str) -> str:
+    """A clip's source for ``--loso``: its file name up to the first "_"."""
+    return os.path.basename(path).split("_", 1)[0]
+
+
+def validate_clip(path: str, shifts: int, lip_model=None) -> dict:
     """In-sync and shifted results of one clip: dict(name, localizer, insync (offset, flag), cases)."""
     clip = read_av(path, fps=FPS, sample_rate=SAMPLE_RATE, need_video=True, need_audio=True)
     frames, audio = clip.frames, clip.audio
@@ -75,7 +86,7 @@ def validate_clip(path: str, shifts: int) -> dict:
     cases = []
     for k in range(-shifts, shifts + 1):
         part, a = shifted(frames, audio, k)
-        r = estimate_sync(frames[part], FPS, a, SAMPLE_RATE, track=_cut(track, part))
+        r = estimate_sync(frames[part], FPS, a, SAMPLE_RATE, track=_cut(track, part), lip_model=lip_model)
         cases.append((k, r.offset_frames, r.flag))
     return {"name": os.path.basename(path), "localizer": track.localizer, "frames": len(frames), "cases": cases}
 
@@ -135,6 +146,27 @@ def _clips(folders: list[str]) -> list[str]:
     return out
 
 
+def _loso_models(paths: list[str]) -> dict:
+    """{source: lip model fitted on the clips of every other source} (see ``--loso``)."""
+    from eval.lip_fit import clip_example
+    from eval.lip_model import fit_lip_model
+
+    examples = {}
+    for path in paths:
+        try:
+            ex = clip_example(path)
+        except (MediaError, ValueError):
+            continue  # the measuring pass reports it
+        if ex is not None:
+            examples[path] = ex
+    models = {}
+    for source in sorted({source_of(p) for p in paths}):
+        others = [ex for p, ex in examples.items() if source_of(p) != source]
+        models[source] = fit_lip_model(others)
+        print(f"lip model for {source}: fitted on {len(others)} clips of other sources")
+    return models
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.sync_validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", help="folders of real in-sync talking-face clips")
@@ -142,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preview", action="store_true", help="also check the README's preview clip")
     ap.add_argument("--corpus", type=int, default=0, metavar="N",
                     help="also run the corpus bar on N seeds (5: 105 clips)")
+    ap.add_argument("--loso", action="store_true",
+                    help="fit the lip model without each clip's source (file name up to the first '_')")
     args = ap.parse_args(argv)
     try:
         paths = _clips(args.folders)
@@ -149,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results, passed = [], True
+    models = _loso_models(paths) if args.loso else {}
     for path in paths:
         try:
-            r = validate_clip(path, args.shifts)
+            r = validate_clip(path, args.shifts, models.get(source_of(path)))
         except (MediaError, ValueError) as exc:
             print(f"skipped: {exc}")
             continue

@@ -1,7 +1,12 @@
 """Fixtures shared by several test modules."""
 
+import os
+
 import pytest
 import torch
+from shared_data import REAL_AV_HOWTO
+
+REAL_AV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_av")
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +21,15 @@ def studio(tmp_path_factory):
         for p in s.model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     return s
+
+
+@pytest.fixture(scope="module")
+def talk3():
+    """talk3 of ../shared/data/real_av and its mouth track (located once per module that uses it)."""
+    if not os.path.exists(os.path.join(REAL_AV, "talk3.mp4")):
+        pytest.skip(REAL_AV_HOWTO)
+    from eval.mouth import locate_mouth
+    from mf.media import read_av
+
+    clip = read_av(os.path.join(REAL_AV, "talk3.mp4"))
+    return clip, locate_mouth(clip.frames)

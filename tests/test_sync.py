@@ -22,16 +22,6 @@ def _shift(audio, k, sr=16000, fps=25):
     return np.r_[np.zeros(n, np.float32), audio[:-n]] if k < 0 else audio
 
 
-@pytest.fixture(scope="module")
-def talk3():
-    """talk3 of ../shared/data/real_av and its mouth track (located once for the module's tests)."""
-    if not os.path.exists(os.path.join(REAL, "talk3.mp4")):
-        pytest.skip(REAL_AV_HOWTO)
-    from eval.mouth import locate_mouth
-    clip = read_av(os.path.join(REAL, "talk3.mp4"))
-    return clip, locate_mouth(clip.frames)
-
-
 @pytest.mark.parametrize("k", [-3, 0, 4])
 def test_corpus_clip_offset_recovered_exactly(k):
     from mf.data import render_clip
@@ -62,6 +52,33 @@ def test_face_detection_stops_after_the_probe_on_cartoons_but_tracks_real_faces(
         idx, boxes, tried = detect_faces(real)
         assert tried > PROBE_DETECTIONS and len(idx) >= 0.3 * tried and np.all(np.diff(idx) > 0)
         assert locate_mouth(real, use_landmarks=False).localizer == "haar-face"
+
+
+def test_tight_face_crop_that_defeats_the_cascade_is_still_tracked_by_landmarks_seeded_at_the_centre(
+        talk3, monkeypatch):
+    """LRS2's 160 x 160 face crops give the Haar cascade a face in only 8-23% of frames; the landmarks seeded
+    with a centred square find it on every frame. A clip with no Haar face at all never tries, nor does the
+    project's own 64 px corpus, where the cascade fires now and then (8 of 40 frames of held-out seed 5)."""
+    import eval.mouth as m
+    clip, _ = talk3
+    frames = clip.frames[:60]
+    monkeypatch.setattr(m, "detect_faces", lambda f: (np.array([3]), np.array([[0.0, 0.0, 50.0, 50.0]]), 20))
+    track = m.locate_mouth(frames)  # Haar rate 1/20, under MIN_DETECTION_RATE
+    assert track.localizer == "face-mesh" and track.mesh_rate >= m.MIN_MESH_RATE and track.detection_rate == 0.05
+    h, w = frames.shape[1:3]
+    side = m.CENTRE_SEED * min(h, w)
+    np.testing.assert_allclose(track.face_boxes[0], [(w - side) / 2, (h - side) / 2, side, side])
+    x0, y0, x1, y1 = track.median_box()  # the mouth box sits in the lower half of the face
+    assert y0 > 0.45 * h and x0 > 0.2 * w and x1 < 0.8 * w
+    monkeypatch.setattr(m, "detect_faces", lambda f: (np.zeros(0, int), np.zeros((0, 4)), 5))
+    assert m.locate_mouth(frames).localizer in ("motion-fallback", "centre-fallback")
+    monkeypatch.undo()
+    from mf.constants import HELDOUT_SEED_START
+    from mf.data import render_clip
+    corpus = render_clip(HELDOUT_SEED_START + 5, 4.0, size=64).frames
+    idx, _, tried = m.detect_faces(corpus)
+    assert 0 < len(idx) < m.MIN_DETECTION_RATE * tried  # the cascade fires on a few frames of a cartoon
+    assert m.locate_mouth(corpus).localizer == "motion-fallback"
 
 
 def test_landmarks_put_the_mouth_on_the_lips_and_its_opening_moves_with_speech(talk3):
@@ -193,9 +210,12 @@ def test_uncertain_result_reaches_json_and_score_rows_without_an_offset():
     assert d["uncertain"] is True and d["flag"] == "too_little_speech"
 
 
-def test_foreign_audio_on_a_real_face_is_flagged_uncertain(talk3):
+@pytest.mark.parametrize("other_clip", ["talk1", "talk2"])
+def test_foreign_audio_on_a_real_face_is_flagged_uncertain(talk3, other_clip):
+    """(talk2's audio makes the estimator and the lip model peak at the same chance lag, -3: agreement of the
+    two models must not stand in for the permutation test.)"""
     clip, track = talk3
-    other = read_av(os.path.join(REAL, "talk1.mp4"))
+    other = read_av(os.path.join(REAL, f"{other_clip}.mp4"))
     audio = np.zeros_like(clip.audio)
     n = min(len(audio), len(other.audio))
     audio[:n] = other.audio[:n]
