@@ -123,12 +123,16 @@ def _cmd_sync(args) -> int:
         print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.items()}, indent=2))
     else:
         conf = "n/a" if d.get("confidence") is None else f"{d['confidence']:.2f}"
+        lip = d.get("lip_model_offset_frames")  # the second opinion on real faces (eval.sync step 6)
+        tail = f", mouth localizer: {d.get('localizer', '?')}"
+        if lip is not None:
+            tail += f", lip-shape model {lip:+d} frames"
         if d.get("uncertain", bool(d.get("flag"))):  # no confident number for a flagged estimate
             print(f"{args.clip}: offset UNCERTAIN ({d['flag']}; best lag {d['offset_frames']:+d} frames, not a "
-                  f"measurement), confidence {conf}, mouth localizer: {d.get('localizer', '?')}")
+                  f"measurement), confidence {conf}{tail}")
         else:
             print(f"{args.clip}: offset {d['offset_frames']:+d} frames ({d['offset_ms']:+.0f} ms; positive = audio "
-                  f"leads), confidence {conf}, mouth localizer: {d.get('localizer', '?')}")
+                  f"leads), confidence {conf}{tail}")
     return 0
 
 

@@ -100,3 +100,11 @@ def test_leave_one_source_out_fits_a_lip_model_without_each_source(capsys):
     for name in ("talk1.mp4", "talk2.mp4", "talk3.mp4"):  # no "_": each clip is its own source
         assert f"lip model for {name}: fitted on 2 clips of other sources" in out
     assert "3 clips, 12 shifted copies, 3 in-sync" in out
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
+def test_cli_sync_line_shows_the_lip_shape_reading_beside_the_offset(capsys):
+    from eval.__main__ import main
+    assert main(["sync", os.path.join(REAL, "talk3.mp4")]) == 0
+    line = capsys.readouterr().out
+    assert "offset +0 frames" in line and "mouth localizer: face-mesh, lip-shape model " in line, line
