@@ -71,7 +71,8 @@ WHOLE_CLIP_SLACK = 0.1  # seconds
 FRAME_BUDGET_PER_SET = 200
 FAULT_ENV = "MF_EVAL_TEST_FAULT"
 CLIP_KEYS = ("name", "file", "sync_offset_frames", "sync_offset_ms", "sync_confidence", "sync_prominence",
-             "sync_flag", "sync_uncertain", "pesq_wb", "pesq_nb", "stoi", "estoi", "note", "error")
+             "sync_lip_offset_ms", "sync_flag", "sync_uncertain", "pesq_wb", "pesq_nb", "stoi", "estoi", "note",
+             "error")
 # Per-clip numbers that get per-window versions and medians/means in the summary.
 WINDOW_KEYS = ("sync_offset_ms", "sync_confidence", "pesq_wb", "pesq_nb", "stoi", "estoi")
 
@@ -130,6 +131,9 @@ def _sync_fields(estimate_sync, frames, audio, notes: list | None = None):
     return {"sync_offset_frames": int(res.offset_frames) if measured else math.nan,
             "sync_offset_ms": float(res.offset_ms) if measured else math.nan,
             "sync_confidence": float(res.confidence), "sync_prominence": float(res.prominence),
+            # evidence, like confidence: the lip-shape model's own lag (real faces only; eval.sync step 6)
+            "sync_lip_offset_ms": (res.extras["lip_model_offset_frames"] * 1000.0 / res.fps
+                                   if "lip_model_offset_frames" in res.extras else math.nan),
             "sync_flag": res.flag or "", "sync_uncertain": uncertain}
 
 

@@ -412,3 +412,6 @@ def test_a_real_face_offset_carries_the_held_out_caveat_and_a_rendered_one_does_
     assert rows["real"]["sync_uncertain"] is False and REAL_FACE_SYNC_NOTE in rows["real"]["note"]
     assert "40% of web footage" in rows["real"]["note"]
     assert REAL_FACE_SYNC_NOTE not in rows["corpus"]["note"]
+    # the lip-shape model's reading rides along as evidence on a real face; a cartoon has none
+    assert abs(rows["real"]["sync_lip_offset_ms"] - rows["real"]["sync_offset_ms"]) <= 40.0
+    assert rows["corpus"]["sync_lip_offset_ms"] is None  # NaN in the row, null in the JSON
