@@ -44,6 +44,10 @@ N_COMPONENTS = 2  # canonical pairs whose lag curves are averaged
 RIDGE = 0.1  # added to the diagonal of both (standardised) covariance matrices
 
 
+class LipModelError(RuntimeError):
+    """The lip model asset is absent or unreadable (the message names the file, never a server path)."""
+
+
 @dataclass(frozen=True)
 class LipModel:
     audio_weights: np.ndarray  # float [n_bands * (2 * context + 1), n_components]
@@ -127,7 +131,14 @@ def save_lip_model(model: LipModel, path: str | os.PathLike, provenance: dict) -
 
 @lru_cache(maxsize=4)
 def load_lip_model(path: str = LIP_MODEL_PATH) -> LipModel:
-    """The fitted model at ``path`` (default: the shipped one), loaded once per path."""
-    with np.load(path) as z:
-        return LipModel(z["audio_weights"].astype(np.float64), z["lip_weights"].astype(np.float64),
-                        z["canonical_corr"].astype(np.float64), int(z["context"]), int(z["n_frames"]))
+    """The fitted model at ``path`` (default: the shipped one), loaded once per path. LipModelError when the
+    file is absent or is not a lip model."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise LipModelError(f"sync lip model missing: assets/eval/sync/{name} (refit: python -m eval.lip_fit)")
+    try:
+        with np.load(path) as z:
+            return LipModel(z["audio_weights"].astype(np.float64), z["lip_weights"].astype(np.float64),
+                            z["canonical_corr"].astype(np.float64), int(z["context"]), int(z["n_frames"]))
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise LipModelError(f"sync lip model unreadable: {name} ({type(exc).__name__})") from None

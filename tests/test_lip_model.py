@@ -102,6 +102,20 @@ def test_leave_one_source_out_fits_a_lip_model_without_each_source(capsys):
     assert "3 clips, 12 shifted copies, 3 in-sync" in out
 
 
+def test_missing_or_broken_lip_model_is_a_clear_error_without_a_server_path(tmp_path):
+    from eval.lip_model import LipModelError
+    with pytest.raises(LipModelError, match="lip_model.npz") as err:
+        load_lip_model(str(tmp_path / "lip_model.npz"))
+    assert str(tmp_path) not in str(err.value)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(LipModelError, match="unreadable: broken.npz") as err:
+        load_lip_model(str(tmp_path / "broken.npz"))
+    assert str(tmp_path) not in str(err.value)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))  # a valid npz that is not a lip model
+    with pytest.raises(LipModelError, match="unreadable: other.npz"):
+        load_lip_model(str(tmp_path / "other.npz"))
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
 def test_cli_sync_line_shows_the_lip_shape_reading_beside_the_offset(capsys):
     from eval.__main__ import main
