@@ -22,16 +22,15 @@ from eval.lip_model import CONTEXT, N_COMPONENTS, RIDGE, fit_lip_model, save_lip
 from eval.mouth import locate_mouth
 from eval.sync import (
     MAX_SHIFT,
-    MESH_BAND_HZ,
     MESH_EDGE,
     MESH_SPEECH_BAND_HZ,
     MIN_OVERLAP,
-    _bandpass,
     audio_envelope,
+    bandpass_columns,
     spectral_bands,
     voiced_frames,
 )
-from eval.sync_validate import VIDEO_EXTS
+from eval.sync_validate import clip_paths
 from mf.constants import FPS, SAMPLE_RATE
 from mf.media import MediaError, read_av
 
@@ -54,20 +53,7 @@ def example_from_signals(audio: np.ndarray, lips: np.ndarray) -> tuple[np.ndarra
     env = audio_envelope(audio, SAMPLE_RATE, t, FPS, MESH_SPEECH_BAND_HZ)
     votes = voiced_frames(env)
     votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
-    lips_bp = np.stack([_bandpass(c, FPS, MESH_BAND_HZ) for c in lips.T], axis=1)
-    return spectral_bands(audio, SAMPLE_RATE, t, FPS), lips_bp, votes
-
-
-def clip_paths(folders: list[str], exclude: list[str] = ()) -> list[str]:
-    """Clips of ``folders`` (sorted per folder), minus any whose file name (with or without extension) is excluded."""
-    out = []
-    for d in folders:
-        if not os.path.isdir(d):
-            raise ValueError(f"not a folder: {d}")
-        for f in sorted(os.listdir(d)):
-            if f.lower().endswith(VIDEO_EXTS) and f not in exclude and os.path.splitext(f)[0] not in exclude:
-                out.append(os.path.join(d, f))
-    return out
+    return spectral_bands(audio, SAMPLE_RATE, t, FPS), bandpass_columns(lips, FPS), votes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude", nargs="*", default=[], help="clip names to leave out")
     args = ap.parse_args(argv)
     try:
-        paths = clip_paths(args.folders, args.exclude)
+        paths = [p for p in clip_paths(args.folders)  # a name is excluded with or without its extension
+                 if not {os.path.basename(p), os.path.splitext(os.path.basename(p))[0]} & set(args.exclude)]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -246,6 +246,11 @@ def _bandpass(x: np.ndarray, fps: float, band: tuple[float, float] = SYLLABLE_BA
     return sosfiltfilt(sos, x - x.mean())
 
 
+def bandpass_columns(x: np.ndarray, fps: float, band: tuple[float, float] = MESH_BAND_HZ) -> np.ndarray:
+    """``_bandpass`` of every column of ``x`` (float [T, k] -> [T, k]): log-mel bands, lip geometry."""
+    return np.stack([_bandpass(c, fps, band) for c in np.asarray(x, np.float64).T], axis=1)
+
+
 def lagged_correlation(audio_sig: np.ndarray, mouth_sig: np.ndarray, max_shift: int,
                        votes: np.ndarray | None = None) -> np.ndarray:
     """curve[j] = Pearson corr(audio[n], mouth[n + k]) over the overlap, k = j - max_shift.
@@ -367,7 +372,7 @@ def spectral_bands(audio: np.ndarray, sample_rate: int, n_frames: int, fps: floa
     """The spectral estimator's input: log-mel bands per frame, band-passed like the landmark opening and
     standardised, float64 [n_frames, SPECTRAL_MELS]."""
     bands = log_mel_frames(audio, sample_rate, n_frames, fps)
-    bands_bp = np.stack([_bandpass(b, fps, MESH_BAND_HZ) for b in bands.T], axis=1)
+    bands_bp = bandpass_columns(bands, fps)
     return bands_bp / (bands_bp.std(axis=0) + 1e-9)
 
 
@@ -388,8 +393,7 @@ def lip_curve(model: LipModel, bands_bp: np.ndarray, lips: np.ndarray, votes: np
     """The second opinion's curve (step 6): the lip geometry ``lips`` (raw, float [T, L]) band-passed like the
     opening, both sides projected on the lip model's canonical directions, each pair correlated at every lag
     (voting frames only), the curves averaged."""
-    lips_bp = np.stack([_bandpass(c, fps, MESH_BAND_HZ) for c in np.asarray(lips, np.float64).T], axis=1)
-    a, v = project(model, bands_bp, lips_bp, votes)
+    a, v = project(model, bands_bp, bandpass_columns(lips, fps), votes)
     return np.mean([lagged_correlation(a[:, i], v[:, i], max_shift, votes) for i in range(a.shape[1])], axis=0)
 
 

@@ -137,7 +137,7 @@ def corpus_check(n_seeds: int) -> tuple[bool, str]:
     return exact / total >= 0.95, f"corpus: {exact}/{total} exact ({flagged} flagged uncertain), floor >= 95%"
 
 
-def _clips(folders: list[str]) -> list[str]:
+def clip_paths(folders: list[str]) -> list[str]:
     out = []
     for d in folders:
         if not os.path.isdir(d):
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit the lip model without each clip's source (file name up to the first '_')")
     args = ap.parse_args(argv)
     try:
-        paths = _clips(args.folders)
+        paths = clip_paths(args.folders)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
