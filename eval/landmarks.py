@@ -1,8 +1,9 @@
 """Facial landmarks for the sync estimator: MediaPipe's face-mesh model (468 points), run by ``cv2.dnn``.
 
 Owns ``load_landmark_model`` (the ONNX network, loaded once), ``landmarks_in_roi`` (one frame),
-``track_face_mesh`` (every frame of a clip, seeded by a face box per frame) and ``mouth_opening``
-(inner-lip gap normalised by face size).
+``track_face_mesh`` (every frame of a clip, seeded by a face box per frame), ``mouth_opening``
+(inner-lip gap normalised by face size), ``lip_geometry`` (face-aligned lip shape) and ``mouth_patches``
+(face-aligned grayscale pictures of the mouth).
 
 Model: ``assets/eval/face/face_landmark.onnx`` (MediaPipe Face Mesh, Apache-2.0; source, commit and
 license in ``assets/eval/face/SOURCES.md``). Input: one 192 x 192 RGB crop, float in [0, 1], NHWC.
@@ -184,4 +185,51 @@ def lip_geometry(track: FaceMeshTrack) -> np.ndarray:
     cols += [y[:, i] for i in LIP_HEIGHT_POINTS]
     out = np.stack(cols, axis=1)
     out[~(scale > 0)] = np.nan
+    return out
+
+
+# Mouth patches (``mouth_patches``): the picture of the mouth in the face's own axes, so that head motion, size and
+# roll drop out and a pixel keeps its place on the lips from frame to frame (teeth, tongue and the dark mouth
+# cavity are visible in it, which the landmarks do not describe).
+PATCH_SIZE = (48, 32)  # (width, height) in pixels
+PATCH_WIDTH = 1.1  # the patch spans this many eye distances across (mouth corners sit at about +-0.45)
+MOUTH_CENTRE = (13, 14)  # the patch is centred on the middle of these inner-lip points
+
+
+def _filled(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation over the NaN rows of ``x`` (float [T, k]); all-NaN columns stay NaN."""
+    x = np.array(x, dtype=np.float64)
+    ok = np.isfinite(x).all(axis=1)
+    if ok.any() and not ok.all():
+        t = np.arange(len(x))
+        for j in range(x.shape[1]):
+            x[:, j] = np.interp(t, t[ok], x[ok, j])
+    return x
+
+
+def mouth_patches(frames: np.ndarray, track: FaceMeshTrack, size: tuple[int, int] = PATCH_SIZE,
+                  width: float = PATCH_WIDTH) -> np.ndarray:
+    """Face-aligned grayscale mouth patches, uint8 [T, size[1], size[0]].
+
+    Patch pixel (u, v) shows the frame at centre + R (u - W / 2, v - H / 2) x s, where centre is the middle of
+    MOUTH_CENTRE, R turns the patch's x axis onto the eye line (outer eye corners) and s = ``width`` x eye
+    distance / W. Frames whose landmarks were lost take the key points interpolated from their neighbours
+    (all frames black when no frame has landmarks)."""
+    w, h = size
+    p = np.asarray(track.points, dtype=np.float64)
+    keys = _filled(np.concatenate([p[:, EYE_CORNERS[0]], p[:, EYE_CORNERS[1]],
+                                   p[:, list(MOUTH_CENTRE)].mean(axis=1)], axis=1))  # [T, 6]
+    out = np.zeros((len(frames), h, w), np.uint8)
+    for i, (frame, (lx, ly, rx, ry, cx, cy)) in enumerate(zip(frames, keys)):
+        dx, dy = rx - lx, ry - ly
+        scale = width * math.hypot(dx, dy) / w
+        if not (math.isfinite(scale) and scale > 0):
+            continue
+        ang = math.atan2(dy, dx)
+        a, b = math.cos(ang) * scale, math.sin(ang) * scale
+        patch_to_frame = np.array([[a, -b, cx - a * w / 2 + b * h / 2],
+                                   [b, a, cy - b * w / 2 - a * h / 2]])
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        out[i] = cv2.warpAffine(gray, patch_to_frame, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
     return out

@@ -80,6 +80,7 @@ class MouthTrack:
     detection_rate: float  # fraction of sampled frames where the cascade found a face
     opening: np.ndarray | None = None  # float [T] mouth opening (eval.landmarks) for "face-mesh"
     lips: np.ndarray | None = None  # float [T, N_LIP_FEATURES] lip geometry (eval.landmarks.lip_geometry), "face-mesh"
+    patches: np.ndarray | None = None  # uint8 [T, 32, 48] face-aligned mouth pictures (eval.landmarks.mouth_patches)
     mesh_rate: float = 0.0  # fraction of frames where the landmarks were found
 
     def median_box(self) -> tuple[int, int, int, int]:
@@ -220,7 +221,7 @@ def _fill(x: np.ndarray) -> np.ndarray:
 
 def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: float) -> MouthTrack | None:
     """"face-mesh" track from the landmarks (eval.landmarks), or None when too few frames have them."""
-    from eval.landmarks import lip_geometry, mouth_opening, track_face_mesh
+    from eval.landmarks import lip_geometry, mouth_opening, mouth_patches, track_face_mesh
 
     mesh = track_face_mesh(frames, face)
     found = mesh.found
@@ -232,7 +233,7 @@ def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: floa
     # face_boxes stay the Haar track: SyncNet's face crops (eval.syncnet) are framed like its detector's boxes.
     return MouthTrack(_clip_boxes(mouth, h, w), face, "face-mesh", rate,
                       opening=_fill(mouth_opening(mesh)), mesh_rate=float(found.mean()),
-                      lips=_fill(lip_geometry(mesh)))
+                      lips=_fill(lip_geometry(mesh)), patches=mouth_patches(frames, mesh))
 
 
 def locate_mouth(frames: np.ndarray, fps: float = 25.0, use_landmarks: bool = True) -> MouthTrack:

@@ -1,6 +1,6 @@
 """Measure the weight-free sync estimator against the issue-16 floors and print the numbers.
 
-    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview] [--corpus 5] [--loso]
+    python -m eval.sync_validate FOLDER [FOLDER ...] [--shifts 10] [--preview] [--corpus 5] [--loso] [--workers N]
 
 Each FOLDER holds real talking-face clips (mp4/mov/mkv/avi/webm) whose audio is taken to be in sync as
 published. Per clip, the estimator runs on the clip itself (in-sync case) and on copies whose audio is
@@ -28,6 +28,8 @@ not seen. Without ``--loso`` the shipped model is used (fitted on some of these 
 shifts -10..+10 rendered by ``mf.data.render_clip``, recovered EXACTLY in >= 95% (105/105 before landmarks).
 ``--preview``: the README's preview clip (seed 3, 4 s, "hello there" then silence, true offset 0) must
 read 0 +- 40 ms or be flagged uncertain.
+``--workers N``: clips are measured (and, with ``--loso``, read for the fits) in N spawned processes, one
+thread each; every clip's numbers are the same as in one process, and the output is printed in clip order.
 Exit status 0 when every measured floor holds, 1 otherwise, 2 for bad arguments.
 """
 
@@ -68,7 +70,8 @@ def _cut(track: MouthTrack, part: slice) -> MouthTrack:
     return replace(track, boxes=track.boxes[part],
                    face_boxes=None if track.face_boxes is None else track.face_boxes[part],
                    opening=None if track.opening is None else track.opening[part],
-                   lips=None if track.lips is None else track.lips[part])
+                   lips=None if track.lips is None else track.lips[part],
+                   patches=None if track.patches is None else track.patches[part])
 
 
 def source_of(path: str) -> str:
@@ -146,19 +149,49 @@ def clip_paths(folders: list[str]) -> list[str]:
     return out
 
 
-def _loso_models(paths: list[str]) -> dict:
-    """{source: lip model fitted on the clips of every other source} (see ``--loso``)."""
+def _example_or_none(path: str):
     from eval.lip_fit import clip_example
+
+    try:
+        return clip_example(path)
+    except (MediaError, ValueError):
+        return None  # the measuring pass reports it
+
+
+def _validate_or_error(path: str, shifts: int, lip_model=None) -> dict | str:
+    try:
+        return validate_clip(path, shifts, lip_model)
+    except (MediaError, ValueError) as exc:
+        return str(exc)
+
+
+def _one_thread() -> None:
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _map(fn, args: list[tuple], workers: int):
+    """``fn(*a)`` for every tuple of ``args``, in order: in this process, or in ``workers`` spawned processes."""
+    if workers <= 1 or len(args) <= 1:
+        yield from (fn(*a) for a in args)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(min(workers, len(args)), mp_context=mp.get_context("spawn"),
+                                initializer=_one_thread) as pool:
+        yield from pool.map(fn, *zip(*args))
+
+
+def _loso_models(paths: list[str], workers: int = 1) -> dict:
+    """{source: lip model fitted on the clips of every other source} (see ``--loso``)."""
     from eval.lip_model import fit_lip_model
 
-    examples = {}
-    for path in paths:
-        try:
-            ex = clip_example(path)
-        except (MediaError, ValueError):
-            continue  # the measuring pass reports it
-        if ex is not None:
-            examples[path] = ex
+    examples = {p: ex for p, ex in zip(paths, _map(_example_or_none, [(p,) for p in paths], workers))
+                if ex is not None}
     models = {}
     for source in sorted({source_of(p) for p in paths}):
         others = [ex for p, ex in examples.items() if source_of(p) != source]
@@ -176,19 +209,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run the corpus bar on N seeds (5: 105 clips)")
     ap.add_argument("--loso", action="store_true",
                     help="fit the lip model without each clip's source (file name up to the first '_')")
+    ap.add_argument("--workers", type=int, default=1, help="clips measured in N processes (default 1)")
     args = ap.parse_args(argv)
     try:
         paths = clip_paths(args.folders)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
     results, passed = [], True
-    models = _loso_models(paths) if args.loso else {}
-    for path in paths:
-        try:
-            r = validate_clip(path, args.shifts, models.get(source_of(path)))
-        except (MediaError, ValueError) as exc:
-            print(f"skipped: {exc}")
+    models = _loso_models(paths, args.workers) if args.loso else {}
+    jobs = [(path, args.shifts, models.get(source_of(path))) for path in paths]
+    for r in _map(_validate_or_error, jobs, args.workers):
+        if isinstance(r, str):
+            print(f"skipped: {r}")
             continue
         results.append(r)
         marks = " ".join("." if abs(o - k) <= 1 else ("f" if f else "X") for k, o, f in r["cases"])

@@ -36,6 +36,33 @@ def test_lip_geometry_is_in_the_face_own_axes_and_units():
     assert np.isnan(lost).all()
 
 
+def test_mouth_patches_show_the_same_lips_however_the_head_sits_in_the_picture():
+    import cv2
+
+    from eval.landmarks import MOUTH_CENTRE, PATCH_SIZE, mouth_patches
+
+    yy, xx = np.mgrid[0:240, 0:320]
+    face = (128 + 60 * np.sin(xx / 7.0) * np.cos(yy / 11.0)).astype(np.uint8)  # texture to find again
+    pts = np.zeros((468, 2))
+    pts[33], pts[263] = [120.0, 80.0], [200.0, 80.0]  # eyes 80 px apart, level
+    pts[list(MOUTH_CENTRE)] = [160.0, 150.0]
+    ang, scale, move = 0.3, 0.8, np.array([20.0, -10.0])  # the head turned, further away and moved
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) * scale
+    frame_to_moved = np.c_[rot, move]
+    moved = cv2.warpAffine(face, frame_to_moved, (320, 240), flags=cv2.INTER_LINEAR)
+    frames = np.stack([np.repeat(face[..., None], 3, -1), np.repeat(moved[..., None], 3, -1)])
+    points = np.stack([pts, pts @ rot.T + move])
+    p = mouth_patches(frames, FaceMeshTrack(points, np.zeros(2)))
+    assert p.shape == (2, PATCH_SIZE[1], PATCH_SIZE[0]) and p.dtype == np.uint8
+    a, b = p[0].astype(float), p[1].astype(float)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9  # the same pixels of the face, resampled
+    assert np.abs(a - b).mean() < 8
+    # A frame whose landmarks were lost takes its key points from its neighbours.
+    lost = np.stack([pts, np.full((468, 2), np.nan), pts])
+    p3 = mouth_patches(np.stack([frames[0]] * 3), FaceMeshTrack(lost, np.zeros(3)))
+    np.testing.assert_array_equal(p3[1], p3[0])
+
+
 def _planted(rng, t=400, lag=0):
     """Audio bands and lips driven by one hidden syllable rhythm; the lips follow it ``lag`` frames later."""
     s = np.convolve(rng.normal(size=t + 40), np.hanning(7), "same")[20: 20 + t]
@@ -122,3 +149,20 @@ def test_cli_sync_line_shows_the_lip_shape_reading_beside_the_offset(capsys):
     assert main(["sync", os.path.join(REAL, "talk3.mp4")]) == 0
     line = capsys.readouterr().out
     assert "offset +0 frames" in line and "mouth localizer: face-mesh, lip-shape model " in line, line
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)
+def test_validation_in_two_processes_prints_what_one_process_prints(tmp_path, capsys):
+    from eval.sync_validate import main
+
+    for name in ("talk1", "talk3"):
+        os.symlink(os.path.abspath(os.path.join(REAL, f"{name}.mp4")), tmp_path / f"{name}.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    outputs = []
+    for workers in ("1", "2"):
+        main([str(tmp_path), "--shifts", "1", "--workers", workers])
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert "talk1.mp4" in outputs[0] and "talk3.mp4" in outputs[0] and "2 clips, 4 shifted copies" in outputs[0]
+    assert "skipped: " in outputs[0] and "broken.mp4" in outputs[0] and str(tmp_path) not in outputs[0]
+    assert main([str(tmp_path), "--workers", "0"]) == 2

@@ -1,6 +1,7 @@
 """Specification of eval.sync / eval.mouth / eval.syncnet: offsets, flags, errors, SyncNet loading."""
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -283,7 +284,7 @@ def test_spectral_curve_follows_an_imposed_shift_on_a_real_face(talk3):
         assert abs(offset(_shift(clip.audio, k)) - base - k) <= 1, k
 
 
-def test_real_face_curve_is_the_mean_of_envelope_and_spectral_curves(talk3):
+def test_real_face_curve_is_the_mean_of_envelope_opening_and_patch_curves(talk3):
     from eval.sync import (
         MAX_SHIFT,
         MESH_BAND_HZ,
@@ -291,6 +292,7 @@ def test_real_face_curve_is_the_mean_of_envelope_and_spectral_curves(talk3):
         _bandpass,
         av_signals,
         lagged_correlation,
+        patch_components,
         spectral_bands,
         spectral_curve,
         voiced_frames,
@@ -302,7 +304,43 @@ def test_real_face_curve_is_the_mean_of_envelope_and_spectral_curves(talk3):
     votes = voiced_frames(env)
     votes[:MESH_EDGE] = votes[-MESH_EDGE:] = False
     mouth_bp = _bandpass(mouth, 25.0, MESH_BAND_HZ)
+    bands = spectral_bands(clip.audio, 16000, len(env), 25.0)
     envelope = lagged_correlation(_bandpass(env, 25.0, MESH_BAND_HZ), mouth_bp, MAX_SHIFT, votes)
-    spectral = spectral_curve(spectral_bands(clip.audio, 16000, len(env), 25.0), mouth_bp, votes, MAX_SHIFT)
-    np.testing.assert_allclose(r.curve, 0.5 * (envelope + spectral), atol=1e-12)
-    assert int(np.argmax(spectral)) - MAX_SHIFT == r.offset_frames  # on talk3 the two audio models agree
+    spectral = spectral_curve(bands, mouth_bp, votes, MAX_SHIFT)
+    comps = patch_components(track.patches, votes, 25.0)
+    patch = np.mean([spectral_curve(bands, c, votes, MAX_SHIFT) for c in comps.T], axis=0)
+    np.testing.assert_allclose(r.curve, (envelope + spectral + patch) / 3, atol=1e-12)
+    assert abs(int(np.argmax(patch)) - MAX_SHIFT) <= 1  # the mouth pictures alone find talk3's sync too
+    # Without patches (a track made before them) the curve is the mean of the first two, as before.
+    r2 = estimate_sync(clip.frames, 25, clip.audio, 16000, track=replace(track, patches=None))
+    np.testing.assert_allclose(r2.curve, 0.5 * (envelope + spectral), atol=1e-12)
+
+
+def test_spectral_curves_of_several_signals_equal_one_curve_each(talk3):
+    from eval.sync import MAX_SHIFT, spectral_curve, spectral_curves
+
+    rng = np.random.default_rng(3)
+    bands = rng.standard_normal((150, 24))
+    targets = bands[:, :3] @ rng.standard_normal((3, 2)) + 0.5 * rng.standard_normal((150, 2))
+    votes = rng.random(150) > 0.3
+    both = spectral_curves(bands, targets, votes, MAX_SHIFT)
+    assert both.shape == (2, 2 * MAX_SHIFT + 1)
+    for j in range(2):
+        np.testing.assert_allclose(both[j], spectral_curve(bands, targets[:, j], votes, MAX_SHIFT), atol=1e-12)
+    assert int(np.argmax(both[0])) == MAX_SHIFT and both[0, MAX_SHIFT] > 0.5  # planted at lag 0
+
+
+def test_patch_components_find_the_region_that_moves_with_speech():
+    from eval.sync import MESH_BAND_HZ, _bandpass, patch_components
+
+    rng = np.random.default_rng(5)
+    t = 200
+    speech = _bandpass(rng.standard_normal(t), 25.0, MESH_BAND_HZ)
+    speech /= speech.std()
+    patches = np.full((t, 32, 48), 128.0) + rng.normal(0, 2, (t, 32, 48))  # sensor noise everywhere
+    patches[:, 14:20, 16:32] -= 20 * speech[:, None, None]  # the mouth cavity darkens as the mouth opens
+    votes = np.ones(t, bool)
+    comps = patch_components(np.clip(patches, 0, 255).astype(np.uint8), votes, 25.0)
+    assert comps.shape == (t, 3)
+    np.testing.assert_allclose(comps.std(axis=0), 1.0, rtol=1e-6)
+    assert abs(np.corrcoef(comps[:, 0], speech)[0, 1]) > 0.95
