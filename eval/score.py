@@ -115,7 +115,7 @@ def _sync_fn():
 
 # Said on every real-face row that carries an offset: what the held-out real clips showed (issue 16).
 REAL_FACE_SYNC_NOTE = ("sync on a real face (landmarks): on held-out real clips, imposed shifts read wrong without a "
-                       "flag on 2% of lab footage and 44% of web footage, where it reads -80..-280 ms "
+                       "flag on 1% of lab footage and 43% of web footage, where it reads -40..-280 ms "
                        "(docs/measurements/sync_fresh_split.md); confirm with SyncNet LSE-C/D")
 
 

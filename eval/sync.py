@@ -63,20 +63,23 @@ Method of the weight-free estimator
    in docs/ARCHITECTURE.md). With landmarks the prominence ("weak_peak"), split ("inconsistent") and
    LOW_CONFIDENCE checks are not applied: on 5 s real clips they declined correct readings and caught
    no wrong one that the permutation test missed.
-   The mouth PICTURE joins as a third curve: the face-aligned grayscale mouth patches
-   (``eval.landmarks.mouth_patches``, 48 x 32 pixels in the face's own axes) are band-passed like the
-   opening and reduced to their first PATCH_COMPONENTS principal components over the voting frames
-   (``patch_components``: per clip, nothing fitted beforehand), and each component gets the same per-clip
-   cross-validated ridge regression from the bands (``spectral_curves``: one solve per fold serves the
-   opening and the components). The pictures carry what three landmark pairs do not: teeth, tongue, the
-   dark mouth cavity, lip rounding. The clip's curve is then the mean of three: envelope, spectral curve
-   of the opening, mean spectral curve of the components (the permutation test rolls the audio under
-   all three). Measured on the 35 lab clips, lip model held out by source (``python -m eval.sync_validate
-   FOLDER --loso``, docs/measurements/sync_fresh_split.md): shifts within +-1 frame 76.3% -> 79.0%,
-   shifted copies wrong without a flag 3.6% -> 2.1%, in-sync clips flagged 54.3% -> 37.1%; in-sync clips
-   read 0 +- 40 ms or flagged 97.1% -> 94.3% (one more clip, VidTIMIT si1909, reads +520 ms unflagged,
-   the lip model agreeing). The equal weights were chosen on cached signals of these lab clips (against
-   weight 1/2 for the pictures); PATCH_COMPONENTS = 3 was not varied.
+   Two more views of the mouth join it, each as a mean curve of per-clip principal components (nothing
+   fitted beforehand; ``principal_components``: every column band-passed like the opening, the components
+   of the voting frames, each scaled to unit variance), fed to the same per-clip, cross-validated ridge
+   regression from the bands as the opening (``spectral_curves``: one solve per fold serves every target):
+   - the PICTURE of the mouth: face-aligned grayscale patches (``eval.landmarks.mouth_patches``, 48 x 32
+     pixels in the face's own axes), PATCH_COMPONENTS components of the pixels (``patch_components``).
+     They carry what three landmark pairs do not: teeth, tongue, the dark mouth cavity, lip rounding;
+   - the lip SHAPE: the 16 face-aligned lip-geometry numbers of step 6, each standardised, LIP_COMPONENTS
+     components (``lip_components``). Unlike step 6's model, fitted across speakers, this one is per clip.
+   The clip's curve is the mean of four: envelope, opening, pictures, lip shape (the permutation test rolls
+   the audio under all four). Measured on the 35 lab clips, lip model of step 6 held out by source
+   (``python -m eval.sync_validate FOLDER --loso``, docs/measurements/sync_fresh_split.md), two curves ->
+   + pictures -> + lip shape: shifts within +-1 frame 76.3% -> 79.0% -> 79.4%, shifted copies wrong without a
+   flag 3.6% -> 2.1% -> 1.0%, in-sync clips read 0 +- 40 ms or flagged 97.1% -> 94.3% -> 97.1%, in-sync clips
+   flagged 54.3% -> 37.1% -> 40.0%. The equal weights and the two additions were chosen on these lab
+   clips (on cached signals, against weight 1/2 for the pictures and against 5 picture components), so
+   the lab numbers are not fully held out; 3 components per view was not varied further.
 6. Faces with landmarks: a second opinion from the whole lip SHAPE (``eval.lip_model``). The lip geometry
    (``eval.landmarks.lip_geometry``: 16 face-aligned lip gaps, widths, jaw drop and lip heights) and the
    log-mel bands at +-3 frames are projected on the two canonical directions of a CCA fitted once, on
@@ -84,12 +87,13 @@ Method of the weight-free estimator
    clips and command are in ``lip_model.json``); each pair is correlated at every lag and the two curves
    averaged (``lip_curve``). It does not move the offset (which stays the argmax of step 5's curve): its
    own reading is reported as ``lip_model_offset_frames``, and when it is more than LIP_AGREE_FRAMES from
-   the offset the clip is flagged "models_disagree". The two models read the lag from different evidence
-   (the inner-lip gap against loudness and per-clip spectra, vs the lip shape against a fixed spectral
-   model), so a chance peak of one is often not the other's. Measured on 35 lab/broadcast clips published
-   in sync, with the lip model fitted without each clip's source (``python -m eval.sync_validate FOLDER
-   --loso``): shifted copies wrong without a flag 7.9% -> 3.6%, in-sync clips read 0 +- 40 ms or flagged
-   91.4% -> 97.1%, in-sync clips flagged 40.0% -> 54.3% (docs/measurements/sync_fresh_split.md).
+   the offset the clip is flagged "models_disagree". The two models read the lag differently (step 5
+   fits its regressions on the clip itself, with loudness, the opening and the pictures besides the lip
+   shape; step 6 is one fixed model fitted across speakers), so a chance peak of one is often not the
+   other's. Measured on 35 lab/broadcast clips published in sync, with the lip model fitted without each
+   clip's source (``python -m eval.sync_validate FOLDER --loso``), when step 5 had two curves: shifted
+   copies wrong without a flag 7.9% -> 3.6%, in-sync clips read 0 +- 40 ms or flagged 91.4% -> 97.1%,
+   in-sync clips flagged 40.0% -> 54.3% (docs/measurements/sync_fresh_split.md).
    Agreement is NOT evidence of sync: both models hear the same audio bands, and another speaker's audio
    on a real face made both peak at the same chance lag (talk2's audio on talk3: -3 and -3 frames, peak
    correlation 0.05), so exact agreement never overrides the permutation test.
@@ -150,6 +154,7 @@ SPECTRAL_MELS = 24  # log-mel bands (80-7600 Hz) of the second, spectral estimat
 SPECTRAL_RIDGE = 1.0  # ridge penalty per row on the standardised bands (the same on every lag)
 SPECTRAL_FOLDS = 5  # contiguous cross-validation folds of the spectral estimator
 PATCH_COMPONENTS = 3  # principal components of the face-aligned mouth patches in the spectral estimator (step 5)
+LIP_COMPONENTS = 3  # principal components of the lip geometry in the spectral estimator (step 5)
 LIP_AGREE_FRAMES = 1  # the lip model's peak (step 6) may be this far from the offset without "models_disagree"
 FLAGS = ("too_short", "silent_audio", "static_video", "too_little_speech", "low_confidence", "peak_at_edge",
          "weak_peak", "not_significant", "models_disagree", "inconsistent")
@@ -394,19 +399,33 @@ def spectral_curve(bands_bp: np.ndarray, mouth_bp: np.ndarray, votes: np.ndarray
     return spectral_curves(bands_bp, mouth_bp[:, None], votes, max_shift, ridge, folds)[0]
 
 
-def patch_components(patches: np.ndarray, votes: np.ndarray, fps: float,
-                     n: int = PATCH_COMPONENTS) -> np.ndarray:
-    """The first ``n`` principal components of the mouth patches over the voting frames (step 5), float [T, n]:
-    every pixel's time series band-passed like the opening, the components of the voting frames' pixels
-    (what moves most while the person speaks), each scaled to unit variance over the voting frames."""
-    x = np.asarray(patches, dtype=np.float64).reshape(len(patches), -1)
+def principal_components(x: np.ndarray, votes: np.ndarray, fps: float, n: int,
+                         standardise: bool = False) -> np.ndarray:
+    """The first ``n`` principal components of a clip's per-frame features (float [T, D] -> [T, n]) over its
+    voting frames: every column band-passed like the opening (and, with ``standardise``, scaled to unit
+    variance over the voting frames first), the components of the voting frames (what moves most while the
+    person speaks), each scaled to unit variance over the voting frames. Per clip; nothing is fitted beforehand."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     x = sosfiltfilt(butter(2, [MESH_BAND_HZ[0], min(MESH_BAND_HZ[1], 0.45 * fps)], btype="band", fs=fps,
                            output="sos"), x - x.mean(axis=0), axis=0)
+    if standardise:
+        sd = x[votes].std(axis=0)
+        x = x / np.where(sd > 0, sd, 1.0)
     xv = x[votes] - x[votes].mean(axis=0)
     _, _, vt = np.linalg.svd(xv, full_matrices=False)
     comps = x @ vt[:n].T
     scale = comps[votes].std(axis=0)
     return comps / np.where(scale > 0, scale, 1.0)
+
+
+def patch_components(patches: np.ndarray, votes: np.ndarray, fps: float, n: int = PATCH_COMPONENTS) -> np.ndarray:
+    """``principal_components`` of the mouth patches' pixels (uint8 [T, H, W] -> float [T, n]), step 5."""
+    return principal_components(np.asarray(patches).reshape(len(patches), -1), votes, fps, n)
+
+
+def lip_components(lips: np.ndarray, votes: np.ndarray, fps: float, n: int = LIP_COMPONENTS) -> np.ndarray:
+    """``principal_components`` of the lip geometry, each feature standardised (float [T, L] -> [T, n]), step 5."""
+    return principal_components(lips, votes, fps, n, standardise=True)
 
 
 def spectral_bands(audio: np.ndarray, sample_rate: int, n_frames: int, fps: float) -> np.ndarray:
@@ -417,21 +436,23 @@ def spectral_bands(audio: np.ndarray, sample_rate: int, n_frames: int, fps: floa
     return bands_bp / (bands_bp.std(axis=0) + 1e-9)
 
 
-def _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift, patch_pcs=None) -> np.ndarray:
-    """Faces with landmarks: the mean of the envelope curve, the spectral curve of the opening and, when
-    ``patch_pcs`` (float [T, n]) is given, the mean spectral curve of the patch components (step 5)."""
+def _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift, groups=()) -> np.ndarray:
+    """Faces with landmarks (step 5): the mean of the envelope curve, the spectral curve of the opening and,
+    for each array of ``groups`` (float [T, n]: the patch components, the lip-shape components), the mean
+    spectral curve of its columns."""
     envelope = lagged_correlation(env_bp, mouth_bp, max_shift, votes)
-    if patch_pcs is None:
-        return 0.5 * (envelope + spectral_curve(bands_bp, mouth_bp, votes, max_shift))
-    spectral = spectral_curves(bands_bp, np.column_stack([mouth_bp, patch_pcs]), votes, max_shift)
-    return (envelope + spectral[0] + spectral[1:].mean(axis=0)) / 3.0
+    spectral = spectral_curves(bands_bp, np.column_stack([mouth_bp, *groups]), votes, max_shift)
+    parts, start = [envelope, spectral[0]], 1
+    for g in groups:
+        parts.append(spectral[start:start + g.shape[1]].mean(axis=0))
+        start += g.shape[1]
+    return np.mean(parts, axis=0)
 
 
-def mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, n: int = N_SURROGATES,
-                      patch_pcs=None) -> np.ndarray:
+def mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, n: int = N_SURROGATES, groups=()) -> np.ndarray:
     """``chance_peaks`` of the combined curve: envelope, bands and votes rolled together (the mouth stays)."""
     return np.array([_mesh_curve(np.roll(env_bp, r), np.roll(bands_bp, r, axis=0), mouth_bp, np.roll(votes, r),
-                                 max_shift, patch_pcs).max() for r in _rolls(len(env_bp), max_shift, n)])
+                                 max_shift, groups).max() for r in _rolls(len(env_bp), max_shift, n)])
 
 
 def lip_curve(model: LipModel, bands_bp: np.ndarray, lips: np.ndarray, votes: np.ndarray, max_shift: int,
@@ -504,11 +525,14 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
         votes[:MESH_EDGE] = votes[t - MESH_EDGE:] = False
     onset = track.localizer in ("motion-fallback", "centre-fallback")
     lip_offset = None  # the lip model's reading (step 6), faces with landmarks only
-    patch_pcs = None  # the mouth patches' components (step 5), faces with landmarks only
+    groups = []  # the mouth pictures' and the lip shape's components (step 5), faces with landmarks only
     if mesh:
         bands_bp = spectral_bands(audio, sample_rate, t, fps)
-        patch_pcs = None if track.patches is None else patch_components(track.patches, votes, fps)
-        curve = _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift, patch_pcs)
+        if track.patches is not None:
+            groups.append(patch_components(track.patches, votes, fps))
+        if track.lips is not None:
+            groups.append(lip_components(track.lips, votes, fps))
+        curve = _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift, groups)
         if track.lips is not None:
             lips = lip_curve(lip_model or load_lip_model(), bands_bp, track.lips, votes, max_shift, fps)
             lip_offset = int(np.argmax(lips)) - max_shift
@@ -529,7 +553,7 @@ def estimate_sync(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate
         flag = "peak_at_edge"
     elif not mesh and prominence < MIN_PROMINENCE:
         flag = "weak_peak"
-    elif np.any((mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, patch_pcs=patch_pcs) if mesh
+    elif np.any((mesh_chance_peaks(env_bp, bands_bp, mouth_bp, votes, max_shift, groups=groups) if mesh
                  else chance_peaks(env_bp, mouth_bp, votes, max_shift, onset)) >= curve[best]):
         flag = "not_significant"
     elif lip_offset is not None and abs(lip_offset - offset) > LIP_AGREE_FRAMES:

@@ -2,6 +2,7 @@
 (eval.lip_model, fitted by eval.lip_fit) and the "models_disagree" flag of eval.sync."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -109,11 +110,14 @@ def test_models_disagree_flags_a_face_whose_lip_shape_tells_another_lag(talk3):
     r = estimate_sync(clip.frames, 25, clip.audio, 16000, track=track)
     assert r.flag is None and abs(r.extras["lip_model_offset_frames"] - r.offset_frames) <= 1
     assert r.to_dict()["lip_model_offset_frames"] == r.extras["lip_model_offset_frames"]
-    # The same clip with its lip SHAPE moved 6 frames later (the inner-lip opening left where it was):
-    # the two models now read lags 6 frames apart, and the offset must not be reported as a measurement.
+    # The same clip with its lip SHAPE moved 6 frames later (the inner-lip opening and the pictures left where
+    # they were): the lip model now reads a lag 6 frames away from the estimator's offset (which the opening,
+    # the pictures and the envelope still hold, step 5's lip-shape curve being one of four), and the offset
+    # must not be reported as a measurement.
     late = replace(track, lips=np.roll(track.lips, 6, axis=0))
     r2 = estimate_sync(clip.frames, 25, clip.audio, 16000, track=late)
-    assert r2.offset_frames == r.offset_frames
+    assert abs(r2.offset_frames - r.offset_frames) <= 1
+    assert abs(r2.extras["lip_model_offset_frames"] - r2.offset_frames) > 1
     assert r2.flag == "models_disagree" and r2.uncertain, (r2.flag, r2.extras)
 
 
@@ -148,7 +152,9 @@ def test_cli_sync_line_shows_the_lip_shape_reading_beside_the_offset(capsys):
     from eval.__main__ import main
     assert main(["sync", os.path.join(REAL, "talk3.mp4")]) == 0
     line = capsys.readouterr().out
-    assert "offset +0 frames" in line and "mouth localizer: face-mesh, lip-shape model " in line, line
+    m = re.search(r"offset ([+-]\d+) frames", line)
+    assert m and abs(int(m.group(1))) <= 1, line  # talk3 is published in sync
+    assert "mouth localizer: face-mesh, lip-shape model " in line, line
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(REAL, "talk3.mp4")), reason=REAL_AV_HOWTO)

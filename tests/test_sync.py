@@ -284,7 +284,7 @@ def test_spectral_curve_follows_an_imposed_shift_on_a_real_face(talk3):
         assert abs(offset(_shift(clip.audio, k)) - base - k) <= 1, k
 
 
-def test_real_face_curve_is_the_mean_of_envelope_opening_and_patch_curves(talk3):
+def test_real_face_curve_is_the_mean_of_envelope_opening_picture_and_lip_shape_curves(talk3):
     from eval.sync import (
         MAX_SHIFT,
         MESH_BAND_HZ,
@@ -292,6 +292,7 @@ def test_real_face_curve_is_the_mean_of_envelope_opening_and_patch_curves(talk3)
         _bandpass,
         av_signals,
         lagged_correlation,
+        lip_components,
         patch_components,
         spectral_bands,
         spectral_curve,
@@ -307,12 +308,16 @@ def test_real_face_curve_is_the_mean_of_envelope_opening_and_patch_curves(talk3)
     bands = spectral_bands(clip.audio, 16000, len(env), 25.0)
     envelope = lagged_correlation(_bandpass(env, 25.0, MESH_BAND_HZ), mouth_bp, MAX_SHIFT, votes)
     spectral = spectral_curve(bands, mouth_bp, votes, MAX_SHIFT)
-    comps = patch_components(track.patches, votes, 25.0)
-    patch = np.mean([spectral_curve(bands, c, votes, MAX_SHIFT) for c in comps.T], axis=0)
-    np.testing.assert_allclose(r.curve, (envelope + spectral + patch) / 3, atol=1e-12)
-    assert abs(int(np.argmax(patch)) - MAX_SHIFT) <= 1  # the mouth pictures alone find talk3's sync too
-    # Without patches (a track made before them) the curve is the mean of the first two, as before.
-    r2 = estimate_sync(clip.frames, 25, clip.audio, 16000, track=replace(track, patches=None))
+
+    def mean_curve(comps):
+        return np.mean([spectral_curve(bands, c, votes, MAX_SHIFT) for c in comps.T], axis=0)
+
+    picture = mean_curve(patch_components(track.patches, votes, 25.0))
+    shape = mean_curve(lip_components(track.lips, votes, 25.0))
+    np.testing.assert_allclose(r.curve, (envelope + spectral + picture + shape) / 4, atol=1e-12)
+    assert abs(int(np.argmax(picture)) - MAX_SHIFT) <= 1  # the mouth pictures alone find talk3's sync too
+    # Without patches and lip geometry (a track made before them) the curve is the mean of the first two.
+    r2 = estimate_sync(clip.frames, 25, clip.audio, 16000, track=replace(track, patches=None, lips=None))
     np.testing.assert_allclose(r2.curve, 0.5 * (envelope + spectral), atol=1e-12)
 
 
@@ -344,3 +349,18 @@ def test_patch_components_find_the_region_that_moves_with_speech():
     assert comps.shape == (t, 3)
     np.testing.assert_allclose(comps.std(axis=0), 1.0, rtol=1e-6)
     assert abs(np.corrcoef(comps[:, 0], speech)[0, 1]) > 0.95
+
+
+
+def test_lip_components_weigh_every_lip_feature_alike_whatever_its_units():
+    from eval.sync import MESH_BAND_HZ, _bandpass, lip_components
+
+    rng = np.random.default_rng(6)
+    t = 200
+    speech = _bandpass(rng.standard_normal(t), 25.0, MESH_BAND_HZ)
+    lips = rng.standard_normal((t, 16)) * 0.2
+    lips[:, :4] += speech[:, None]  # four lip gaps open with speech
+    lips[:, 12] = 50.0 * rng.standard_normal(t)  # a feature in large units that does not follow speech
+    comps = lip_components(lips, np.ones(t, bool), 25.0)
+    assert comps.shape == (t, 3)
+    assert abs(np.corrcoef(comps[:, 0], speech)[0, 1]) > 0.9  # found although feature 12 has 2500x the variance
