@@ -259,11 +259,14 @@ def mouth_signal(crops: np.ndarray, track: MouthTrack | None = None) -> np.ndarr
     return pc
 
 
-def _bandpass(x: np.ndarray, fps: float, band: tuple[float, float] = SYLLABLE_BAND_HZ) -> np.ndarray:
+def _band_sos(fps: float, band: tuple[float, float]) -> np.ndarray:
+    """2nd-order Butterworth band-pass (run forward and back: zero phase), its top kept under 0.45 x fps."""
     lo, hi = band
-    hi = min(hi, 0.45 * fps)
-    sos = butter(2, [lo, hi], btype="band", fs=fps, output="sos")
-    return sosfiltfilt(sos, x - x.mean())
+    return butter(2, [lo, min(hi, 0.45 * fps)], btype="band", fs=fps, output="sos")
+
+
+def _bandpass(x: np.ndarray, fps: float, band: tuple[float, float] = SYLLABLE_BAND_HZ) -> np.ndarray:
+    return sosfiltfilt(_band_sos(fps, band), x - x.mean())
 
 
 def bandpass_columns(x: np.ndarray, fps: float, band: tuple[float, float] = MESH_BAND_HZ) -> np.ndarray:
@@ -404,10 +407,12 @@ def principal_components(x: np.ndarray, votes: np.ndarray, fps: float, n: int,
     """The first ``n`` principal components of a clip's per-frame features (float [T, D] -> [T, n]) over its
     voting frames: every column band-passed like the opening (and, with ``standardise``, scaled to unit
     variance over the voting frames first), the components of the voting frames (what moves most while the
-    person speaks), each scaled to unit variance over the voting frames. Per clip; nothing is fitted beforehand."""
+    person speaks), each scaled to unit variance over the voting frames. Per clip; nothing is fitted beforehand.
+    Fewer voting frames than the spectral regression needs (2 x SPECTRAL_FOLDS) give no components ([T, 0])."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    x = sosfiltfilt(butter(2, [MESH_BAND_HZ[0], min(MESH_BAND_HZ[1], 0.45 * fps)], btype="band", fs=fps,
-                           output="sos"), x - x.mean(axis=0), axis=0)
+    if int(np.count_nonzero(votes)) < 2 * SPECTRAL_FOLDS:
+        return np.zeros((len(x), 0))
+    x = sosfiltfilt(_band_sos(fps, MESH_BAND_HZ), x - x.mean(axis=0), axis=0)  # all columns at once
     if standardise:
         sd = x[votes].std(axis=0)
         x = x / np.where(sd > 0, sd, 1.0)
@@ -444,7 +449,8 @@ def _mesh_curve(env_bp, bands_bp, mouth_bp, votes, max_shift, groups=()) -> np.n
     spectral = spectral_curves(bands_bp, np.column_stack([mouth_bp, *groups]), votes, max_shift)
     parts, start = [envelope, spectral[0]], 1
     for g in groups:
-        parts.append(spectral[start:start + g.shape[1]].mean(axis=0))
+        if g.shape[1]:  # a group without components (too few voting frames) adds no curve
+            parts.append(spectral[start:start + g.shape[1]].mean(axis=0))
         start += g.shape[1]
     return np.mean(parts, axis=0)
 
