@@ -196,15 +196,18 @@ PATCH_WIDTH = 1.1  # the patch spans this many eye distances across (mouth corne
 MOUTH_CENTRE = (13, 14)  # the patch is centred on the middle of these inner-lip points
 
 
-def _filled(x: np.ndarray) -> np.ndarray:
-    """Linear interpolation over the NaN rows of ``x`` (float [T, k]); all-NaN columns stay NaN."""
+def fill_lost(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation over the rows of ``x`` (float [T] or [T, k]) where the face was lost (NaN), from
+    the nearest found rows (held constant beyond the first and last); returned as is when no row, or every
+    row, was found."""
     x = np.array(x, dtype=np.float64)
-    ok = np.isfinite(x).all(axis=1)
+    cols = x.reshape(len(x), -1)
+    ok = np.isfinite(cols).all(axis=1)
     if ok.any() and not ok.all():
         t = np.arange(len(x))
-        for j in range(x.shape[1]):
-            x[:, j] = np.interp(t, t[ok], x[ok, j])
-    return x
+        for j in range(cols.shape[1]):
+            cols[:, j] = np.interp(t, t[ok], cols[ok, j])
+    return cols.reshape(x.shape)
 
 
 def mouth_patches(frames: np.ndarray, track: FaceMeshTrack, size: tuple[int, int] = PATCH_SIZE,
@@ -217,7 +220,7 @@ def mouth_patches(frames: np.ndarray, track: FaceMeshTrack, size: tuple[int, int
     (all frames black when no frame has landmarks)."""
     w, h = size
     p = np.asarray(track.points, dtype=np.float64)
-    keys = _filled(np.concatenate([p[:, EYE_CORNERS[0]], p[:, EYE_CORNERS[1]],
+    keys = fill_lost(np.concatenate([p[:, EYE_CORNERS[0]], p[:, EYE_CORNERS[1]],
                                    p[:, list(MOUTH_CENTRE)].mean(axis=1)], axis=1))  # [T, 6]
     out = np.zeros((len(frames), h, w), np.uint8)
     for i, (frame, (lx, ly, rx, ry, cx, cy)) in enumerate(zip(frames, keys)):

@@ -208,32 +208,21 @@ def _motion_box(frames: np.ndarray, fps: float) -> np.ndarray | None:
     return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
 
 
-def _fill(x: np.ndarray) -> np.ndarray:
-    """Linear interpolation over the NaN entries of each column of ``x`` (float [T] or [T, k])."""
-    x = np.array(x, dtype=np.float64)
-    cols = x.reshape(len(x), -1)
-    ok = np.isfinite(cols[:, 0])
-    t = np.arange(len(x))
-    for j in range(cols.shape[1]):
-        cols[:, j] = np.interp(t, t[ok], cols[ok, j])
-    return cols.reshape(x.shape)
-
-
 def _mesh_track(frames: np.ndarray, face: np.ndarray, h: int, w: int, rate: float) -> MouthTrack | None:
     """"face-mesh" track from the landmarks (eval.landmarks), or None when too few frames have them."""
-    from eval.landmarks import lip_geometry, mouth_opening, mouth_patches, track_face_mesh
+    from eval.landmarks import fill_lost, lip_geometry, mouth_opening, mouth_patches, track_face_mesh
 
     mesh = track_face_mesh(frames, face)
     found = mesh.found
     if found.mean() < MIN_MESH_RATE:
         return None
-    mouth = _fill(mesh.mouth_boxes())
+    mouth = fill_lost(mesh.mouth_boxes())
     pad = MOUTH_MARGIN * (mouth[:, 2:] - mouth[:, :2])
     mouth = np.concatenate([mouth[:, :2] - pad, mouth[:, 2:] + pad], axis=1)
     # face_boxes stay the Haar track: SyncNet's face crops (eval.syncnet) are framed like its detector's boxes.
     return MouthTrack(_clip_boxes(mouth, h, w), face, "face-mesh", rate,
-                      opening=_fill(mouth_opening(mesh)), mesh_rate=float(found.mean()),
-                      lips=_fill(lip_geometry(mesh)), patches=mouth_patches(frames, mesh))
+                      opening=fill_lost(mouth_opening(mesh)), mesh_rate=float(found.mean()),
+                      lips=fill_lost(lip_geometry(mesh)), patches=mouth_patches(frames, mesh))
 
 
 def locate_mouth(frames: np.ndarray, fps: float = 25.0, use_landmarks: bool = True) -> MouthTrack:
