@@ -37,9 +37,13 @@ FLOORS = {"rtf_4": 1.0, "ratio_50_over_4": 11.0, "first_chunk_seconds": 0.5, "rs
 GPU_FLOORS = {"rtf_4": 0.05, "ratio_50_over_4": 11.0}   # issue 15, tiny preset on one H100/H200 (graph mode)
 # name -> generate() keyword arguments of a measured path
 VARIANTS = {"default": {}, "graph": {"graphs": True}, "eager": {"graphs": False}, "handoff": {"lookahead": "handoff"},
-            "nolookahead": {"lookahead": False}, "narrow": {"wide_cache_write": False},
-            "handoff_narrow": {"lookahead": "handoff", "wide_cache_write": False},
-            # the CPU default before issue 15: hand-off look-ahead, cache write always widened
+            "nolookahead": {"lookahead": False},
+            # how the cache write runs (mf.pipeline.generate): beside the next pass (the CPU default with a
+            # spare core), as its own pass, folded into the next pass (fused), fused and widened to 2 threads
+            "beside": {"write_beside": True}, "separate": {"write_beside": False, "fuse_cache_write": False},
+            "fused": {"write_beside": False, "fuse_cache_write": True},
+            "fused_wide": {"write_beside": False, "wide_cache_write": True},
+            # the CPU default before issue 15: hand-off look-ahead, cache write fused and widened
             "handoff_wide": {"lookahead": "handoff", "wide_cache_write": True}}
 
 

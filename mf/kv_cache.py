@@ -7,6 +7,7 @@ of ``mf.model``). Memory is constant once the window is full.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -60,6 +61,17 @@ class KVCache:
         self.next_chunk = chunk_index + 1
         self._rebuild()
 
+    def incoming(self, chunk_index: int, n_keys: int) -> "IncomingContext":
+        """What the next pass will see once chunk ``chunk_index`` (``n_keys`` keys) is written, before its
+        keys exist.
+
+        The write (``MFTransformer.write_cache(..., on_layer=view.publish)``) can then run in another
+        thread while a pass reads ``view`` as its cache: layer l waits for the write's layer l only.
+        """
+        if chunk_index != self.next_chunk:
+            raise ValueError(f"cache expects chunk {self.next_chunk}, got {chunk_index}")
+        return IncomingContext(self, chunk_index, n_keys)
+
     def clone(self) -> "KVCache":
         """A copy that can be written to without touching this cache (tensors are shared, never mutated)."""
         return KVCache(self.window, list(self.prefix), deque(self.chunks), self.next_chunk, list(self._ctx),
@@ -89,3 +101,56 @@ class KVCache:
             for k, v in kvs:
                 total += k.numel() * k.element_size() + v.numel() * v.element_size()
         return total
+
+
+class IncomingContext:
+    """A read-only view of ``cache`` as it will be after ``chunk_index`` is appended (``KVCache.incoming``).
+
+    Quacks like a ``KVCache`` for ``MFTransformer.forward``: ``prefix``, ``next_chunk``, ``context_key``
+    and ``context_chunk_ids`` are known at once (they depend on chunk indices only); ``context(layer)``
+    blocks until the write has published that layer (``publish``) and concatenates exactly as
+    ``KVCache.append`` would, so a pass reading this view gives the same bits as one run after the write.
+    ``fail(exc)`` releases every waiting reader with that error.
+    """
+
+    def __init__(self, cache: KVCache, chunk_index: int, n_keys: int):
+        self.window = cache.window
+        self.prefix = cache.prefix
+        self.next_chunk = chunk_index + 1
+        kept = list(cache.chunks) + [(chunk_index, None)]
+        self._old = kept[-self.window:][:-1]   # the cached chunks that survive the append, oldest first
+        self._new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ready = [threading.Event() for _ in self.prefix]
+        self._error: BaseException | None = None
+        n_prefix = int(self.prefix[0][0].shape[2])
+        self.context_key = (n_prefix,) + tuple(index for index, _ in self._old) + (chunk_index,)
+        device = self.prefix[0][0].device
+        ids = [torch.full((n_prefix,), PREFIX_CHUNK, dtype=torch.long, device=device)]
+        for index, kv in self._old:
+            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
+        ids.append(torch.full((int(n_keys),), chunk_index, dtype=torch.long, device=device))
+        self.context_chunk_ids = torch.cat(ids)
+
+    def publish(self, layer: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The write's keys/values of ``layer`` are ready."""
+        self._new[layer] = kv
+        self._ready[layer].set()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        for event in self._ready:
+            event.set()
+
+    def _wait(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._ready[layer].wait()
+        if layer not in self._new:
+            raise RuntimeError("the cache write running beside this pass failed") from self._error
+        return self._new[layer]
+
+    def context(self, layer: int) -> tuple:
+        k, v = self._wait(layer)
+        pk, pv = self.prefix[layer]
+        hk = torch.cat([entry[1][layer][0] for entry in self._old] + [k], dim=2)
+        hv = torch.cat([entry[1][layer][1] for entry in self._old] + [v], dim=2)
+        return pk, pv, hk, hv
+

@@ -176,13 +176,15 @@ class Block(nn.Module):
         self.heads = heads
 
     def forward(self, xv: torch.Tensor, xa: torch.Tensor, mod_v: torch.Tensor | None, mod_a: torch.Tensor | None,
-                rope: tuple, ctx: tuple | None, mask: torch.Tensor | None, layout: Layout, plan: PassPlan,
-                last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                rope: tuple, ctx, mask: torch.Tensor | None, layout: Layout, plan: PassPlan,
+                last: bool, on_kv=None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """xv [B, S, Vt, D], xa [B, S, At, D] (either may have 0 tokens) -> (xv, xa, (k, v)).
 
         mod_v / mod_a [B, S, 6, D]: the pass's shared adaLN modulation (None for a tower without
         tokens); this block adds its own table. rope = (cos, sin, cos_sp, sin_sp) [N, hd] in the
-        tokens' dtype. ctx: this layer's context (see ``attend``), None in the prefix pass. Returns
+        tokens' dtype. ctx: this layer's context (see ``attend``), None in the prefix pass, or a function
+        returning it (called after this pass's keys exist, just before attention: a context that another
+        thread is still writing). ``on_kv((k, v))``: called as soon as this pass's keys/values exist. Returns
         the rotated keys/values of this pass's tokens, k, v [B, H, N, hd]. On the ``last`` block the
         plan may stop after the keys (xv, xa come back unchanged) or keep only segments
         ``plan.outputs_from..`` (xv, xa come back with S - outputs_from segments).
@@ -205,11 +207,15 @@ class Block(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if plan.prefix:  # the prefix has no time: spatial rotation only, attends to itself
             k = apply_rope(k, cos_sp, sin_sp)
+            if on_kv is not None:
+                on_kv((k, v))
             if plan.keys_only and last:
                 return xv, xa, (k, v)
             out = F.scaled_dot_product_attention(apply_rope(q, cos_sp, sin_sp), k, v)
         else:
             k = apply_rope(k, cos, sin)
+            if on_kv is not None:
+                on_kv((k, v))
             if plan.keys_only and last:
                 return xv, xa, (k, v)
             q_full, q_sp, rows = apply_rope(q, cos, sin), apply_rope(q, cos_sp, sin_sp), mask
@@ -223,7 +229,7 @@ class Block(nn.Module):
                 mod_v = mod_v[:, j:] if vt else None
                 mod_a = mod_a[:, j:] if at else None
                 s = s - j
-            out = attend(q_full, q_sp, k, v, ctx, rows)
+            out = attend(q_full, q_sp, k, v, ctx() if callable(ctx) else ctx, rows)
         out = out.transpose(1, 2).reshape(b, -1, d)   # [B, N', D]: video tokens of all segments, then audio
         if vt:
             xv = self.video.finish(xv, out[:, : s * vt], mod_v)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -86,6 +87,16 @@ def _signature_of_model_config(init):
                                  annotation=f.type) for f in dataclasses.fields(ModelConfig)]
     init.__signature__ = inspect.Signature(params)
     return init
+
+
+class _LayerContexts:
+    """``cache.context(layer)`` fetched when the layer runs, not before the pass (see ``_run_blocks``)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __getitem__(self, layer: int) -> tuple:
+        return self.cache.context(layer)
 
 
 class MFTransformer(ModelMixin, ConfigMixin):
@@ -329,15 +340,18 @@ class MFTransformer(ModelMixin, ConfigMixin):
         return video, audio
 
     # ------------------------------------------------------------------ core pass
-    def _run_blocks(self, xv, xa, emb, layout: Layout, ctx: list | None, ctx_chunk: torch.Tensor,
-                    ctx_key: tuple = (), plan: PassPlan = DENOISE, mask: torch.Tensor | None = None):
+    def _run_blocks(self, xv, xa, emb, layout: Layout, ctx, ctx_chunk: torch.Tensor,
+                    ctx_key: tuple = (), plan: PassPlan = DENOISE, mask: torch.Tensor | None = None,
+                    on_layer=None):
         """Run all blocks over segment tokens xv [B,S,Vt,D], xa [B,S,At,D] (either may have 0 tokens).
 
         emb [B, S, D]: the per-segment conditioning embedding (t, d, attributes). ctx: per layer
         (prefix_k, prefix_v, history_k | None, history_v | None), or None (the prefix pass itself).
         Returns (xv, xa, kvs), kvs[layer] = rotated (k, v) of this pass's tokens; ``plan`` says what the
         last block may skip (``mf.layers.PassPlan``). ``mask``: the pass's visibility when the caller has it
-        (a static cache's buffer); None = ``_visibility`` of the context.
+        (a static cache's buffer); None = ``_visibility`` of the context. ``ctx`` is indexed per layer when
+        that layer runs (a cache being written beside this pass hands layer l over when it is ready).
+        ``on_layer(li, (k, v))``: called as soon as each block's keys/values exist (before its attention).
         """
         b, s, vt, d = xv.shape
         at = xa.shape[2]
@@ -349,8 +363,9 @@ class MFTransformer(ModelMixin, ConfigMixin):
         kvs = []
         for li, block in enumerate(self.blocks):
             last = li == len(self.blocks) - 1
-            xv, xa, kv = block(xv, xa, mod_v, mod_a, rope, None if ctx is None else ctx[li], mask, layout, plan,
-                               last)
+            layer_ctx = None if ctx is None else partial(ctx.__getitem__, li)  # read when attention needs it
+            xv, xa, kv = block(xv, xa, mod_v, mod_a, rope, layer_ctx, mask, layout, plan, last,
+                               None if on_layer is None else partial(on_layer, li))
             kvs.append(kv)
         return xv, xa, kvs
 
@@ -443,7 +458,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         else:
             if kv_cache.prefix[0][0].shape[0] != b:
                 raise ValueError(f"kv_cache holds batch {kv_cache.prefix[0][0].shape[0]}, input has {b}")
-            ctx = [kv_cache.context(i) for i in range(len(self.blocks))]
+            ctx = _LayerContexts(kv_cache)   # read per layer as it runs
             ids = kv_cache.context_chunk_ids
             key = kv_cache.context_key
             start = kv_cache.next_chunk
@@ -453,8 +468,12 @@ class MFTransformer(ModelMixin, ConfigMixin):
         xv, xa, _ = self._run_blocks(xv, xa, emb, layout, ctx, ids, key, mask=mask)
         return self._output(xv, xa, emb)
 
-    def write_cache(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions, cache: KVCache) -> KVCache:
-        """Store one finished (clean) chunk in ``cache`` with a t = d = 0 pass; returns the cache."""
+    def write_cache(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions, cache: KVCache,
+                    on_layer=None) -> KVCache:
+        """Store one finished (clean) chunk in ``cache`` with a t = d = 0 pass; returns the cache.
+
+        ``on_layer(li, (k, v))``: each layer's keys/values as soon as they exist (``KVCache.incoming``'s
+        ``publish``: a pass in another thread reads them before the whole write is done)."""
         xv, xa = self._embed_chunks(video, audio, cond)
         b, s = xv.shape[:2]
         if s != 1:
@@ -465,7 +484,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         layout, mask = self._cache_pass(cache, [index], [GROUP_HISTORY], xv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
         _, _, kvs = self._run_blocks(xv, xa, emb, layout, ctx, cache.context_chunk_ids, cache.context_key,
-                                     plan=WRITE, mask=mask)
+                                     plan=WRITE, mask=mask, on_layer=on_layer)
         cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
         return cache
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,8 +236,9 @@ class _AudioDecoder:
 def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0, text: str | None = None,
              character_id: int | None = None, cfg_scale: float = 1.0, keep_step_latents: bool = False, *,
              mode: str | None = None, shift: float = 1.0, history: list[Chunk] | None = None,
-             fuse_cache_write: bool = True, lookahead: bool | str = True,
-             wide_cache_write: bool | None = None, graphs: bool | None = None) -> Iterator[Chunk]:
+             fuse_cache_write: bool | None = None, lookahead: bool | str = True,
+             wide_cache_write: bool | None = None, write_beside: bool | None = None,
+             graphs: bool | None = None) -> Iterator[Chunk]:
     """Yield the chunks of a clip, each decoded, as soon as it is sampled.
 
     steps: denoising steps per chunk (<= 16: few-step mode, > 16: multi-step; ``mode`` overrides).
@@ -246,18 +248,23 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     cfg_scale: classifier-free guidance on the script (1 = off; > 1 doubles the network batch).
     history: finished chunks of an earlier call with the same conditions: they fill the cache and
     generation continues at chunk ``len(history)``.
-    fuse_cache_write / lookahead / wide_cache_write: speed options (same output bit for bit; tested).
+    How chunk k's cache write (its t = 0 pass) runs, the one per-chunk cost that the network evaluations
+    do not amortise (see eval.bench's ratio_50_over_4):
+    - write_beside (default on the CPU when there is a spare core: look-ahead on, fewer torch threads than
+      cores, 1-minute load average not above the cores): in a second thread, layer by layer, beside chunk
+      k+1's first pass (``mf.sampler.sample_chunk(write_beside=...)``): the pass's layer l waits only for
+      the write's layer l keys; the decode of chunk k waits for that pass (both cores are busy).
+    - otherwise on the CPU (fuse_cache_write default False there): a separate write pass after the chunk.
+      Beside and separate give the same bits, so the CPU output does not depend on the machine's load.
+    - fuse_cache_write (default on for graphs, i.e. CUDA): folded into chunk k+1's first pass (one pass,
+      one weight read per layer); the same result within float rounding (1e-6 on the shipped model).
+      wide_cache_write (default off; implies fuse_cache_write): that fused pass on twice the torch threads
+      while the decode waits. It was the CPU default before the write ran beside; on an oversubscribed
+      machine every intra-op barrier waits for a descheduled thread (4-step clips 3-10x slower at load 5-9
+      on 2 cores), hence the load condition of write_beside too.
     lookahead: True = a sampler thread produces chunks one ahead of the consumer, going on to the next
     chunk without waiting for it; "handoff" = the earlier scheme (the consumer hands each next chunk to
-    the thread; kept for side-by-side measurement in eval.bench); False = no thread.
-    wide_cache_write (default: on for CPU look-ahead on a machine with more cores than torch threads,
-    unless the machine is oversubscribed): the fused cache-write pass runs on twice the torch threads
-    (at most the machine's cores) while the previous chunk's decode waits for it; the decode then
-    overlaps the chunk's remaining steps. On a machine whose 1-minute load average exceeds its cores,
-    every intra-op barrier waits for a descheduled thread: 4-step clips then took 3-10x longer widened
-    than narrow (eval.bench --variants default handoff_wide, load 5-9 on 2 cores), so it stays off.
-    The write is the one fixed cost per chunk that the network evaluations do not amortise (see
-    eval.bench's ratio_50_over_4).
+    the thread; kept for side-by-side measurement in eval.bench); False = no thread. Same bits either way.
     graphs (default: on CUDA): every network pass runs on fixed-address buffers against a ring-buffer
     cache (``mf.graphs``, ``mf.static_cache``), captured once as CUDA graphs on a GPU and eager on the
     CPU; same results as the default path up to float rounding.
@@ -310,10 +317,17 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
 
     base_threads = torch.get_num_threads()
     wide_threads = min(os.cpu_count() or 1, 2 * base_threads)  # the sampler's core + the decoder's
-    if wide_cache_write is None:
-        wide_cache_write = (bool(lookahead) and fuse_cache_write and device.type == "cpu"
-                            and wide_threads > base_threads and not _oversubscribed())
-    wide_cache_write = bool(wide_cache_write) and wide_threads > base_threads
+    spare_core = (bool(lookahead) and device.type == "cpu" and not use_graphs and wide_threads > base_threads
+                  and not _oversubscribed())
+    if write_beside is None:
+        write_beside = spare_core and not fuse_cache_write and not wide_cache_write
+    write_beside = bool(write_beside) and not use_graphs
+    if fuse_cache_write is None:
+        fuse_cache_write = use_graphs or bool(wide_cache_write)
+    wide_cache_write = bool(wide_cache_write) and fuse_cache_write and not write_beside and wide_threads > base_threads
+    defer_write = fuse_cache_write or write_beside   # chunk k's write waits for chunk k+1's first pass
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mf-cache-write") if write_beside else None
+    second_core = wide_cache_write or write_beside   # the first pass of a chunk uses the decoder's core
 
     @torch.inference_mode()
     def sample(k: int, cache, pending, first_pass_done=None):
@@ -329,14 +343,14 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
         gen = torch.Generator().manual_seed(chunk_seed(seed, k))
         noise_v = torch.randn((1, fc, c, h, h), generator=gen).to(device)
         noise_a = torch.randn((1, config.mels_per_chunk, m), generator=gen).to(device)
-        write = "never" if k == n_chunks - 1 else ("defer" if fuse_cache_write else "now")
+        write = "never" if k == n_chunks - 1 else ("defer" if defer_write else "now")
         if widen:
             torch.set_num_threads(wide_threads)
         try:
             with amp():
                 out = sample_chunk(net, cache, cond.chunk_slice(k, 1, fc), noise_v, noise_a, schedule,
                                    cfg_scale=cfg_scale, keep_step_latents=keep_step_latents, pending=pending,
-                                   write=write, on_step=after_step)
+                                   write=write, on_step=after_step, write_beside=writer)
         finally:
             if widen:
                 torch.set_num_threads(base_threads)
@@ -364,10 +378,10 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
         if history:
             audio_decoder.history = history[-1].audio_latents.to(device)[-AUDIO_CONTEXT_MELS:]
         if lookahead is True:
-            producer = Producer(sample, cache, range(first, n_chunks), wide_cache_write)
+            producer = Producer(sample, cache, range(first, n_chunks), second_core)
             results = producer.results()
         elif lookahead == "handoff":
-            results = handoff_results(sample, cache, range(first, n_chunks), wide_cache_write)
+            results = handoff_results(sample, cache, range(first, n_chunks), second_core)
         else:
             results = inline_results(sample, cache, range(first, n_chunks))
         for k, (out, (model_s, model_cpu_s)) in zip(range(first, n_chunks), results):
@@ -384,6 +398,8 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     finally:
         if producer is not None:
             producer.stop()
+        if writer is not None:
+            writer.shutdown(wait=True)
         if net is not model:
             net.lock.release()
 

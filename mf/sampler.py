@@ -21,6 +21,7 @@ it tells the network. The two modes of Mutual Forcing differ only in the last li
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -107,7 +108,7 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
                  noise_audio: torch.Tensor, schedule: Schedule, *, cfg_scale: float = 1.0,
                  keep_step_latents: bool = False, pending: PendingWrite | None = None,
                  write: str = "now", on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                 grad: str = "all") -> ChunkSample:
+                 grad: str = "all", write_beside: Executor | None = None) -> ChunkSample:
     """Denoise one chunk from noise, attending to ``cache`` (which the call may append to).
 
     cond: conditions of THIS chunk (phone_ids cover its Fc*4 mel frames), batch B. With
@@ -119,6 +120,9 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
     on_step(i, x_video, x_audio): optional callback after each denoising step (previews, progress).
     grad: "all" keeps the caller's grad mode for every step; "last" runs all steps but the last under
     ``torch.no_grad`` (DMD's few-step sample: gradient through the last jump only).
+    write_beside: an executor with a free thread (e.g. ``ThreadPoolExecutor(1)``): ``pending``'s write runs
+    there, layer by layer, beside the first pass instead of inside it (``write_cache`` then ``forward`` on
+    ``KVCache.incoming``: the same bits as writing first, on two cores in the time of about one pass).
     """
     if write not in ("now", "defer", "never"):
         raise ValueError(f"write must be 'now', 'defer' or 'never', got {write!r}")
@@ -138,7 +142,7 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
     grad_enabled = torch.is_grad_enabled()
     for i in range(schedule.steps):
         with torch.set_grad_enabled(grad_enabled and (grad == "all" or i == schedule.steps - 1)):
-            u_v, u_a = _velocity(model, cache, cond_in, x_v, x_a, schedule, i, cfg_scale, pending)
+            u_v, u_a = _velocity(model, cache, cond_in, x_v, x_a, schedule, i, cfg_scale, pending, write_beside)
             x_v = schedule.step(i, x_v, u_v.to(x_v.dtype))
             x_a = schedule.step(i, x_a, u_a.to(x_a.dtype))
         writes += int(pending is not None)
@@ -160,8 +164,10 @@ def sample_chunk(model: MFTransformer, cache: KVCache, cond: Conditions, noise_v
 
 
 def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: torch.Tensor, x_a: torch.Tensor,
-              schedule: Schedule, i: int, cfg_scale: float, pending: PendingWrite | None):
-    """The (guided) velocity of step ``i``; runs ``pending``'s cache write in the same pass when given.
+              schedule: Schedule, i: int, cfg_scale: float, pending: PendingWrite | None,
+              write_beside: Executor | None = None):
+    """The (guided) velocity of step ``i``; runs ``pending``'s cache write in the same pass when given
+    (or beside it, in ``write_beside``'s thread).
 
     With guidance (``cfg_scale != 1``) both branches run in one batch [cond; uncond] and combine as
     ``u = u_uncond + cfg_scale (u_cond - u_uncond)``.
@@ -171,7 +177,9 @@ def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: to
     in_a = torch.cat([x_a, x_a]) if use_cfg else x_a   # [B', Fc*4, M]
     t = in_v.new_full((in_v.shape[0], 1), schedule.times[i])
     d = in_v.new_full((in_v.shape[0], 1), schedule.model_d[i])
-    if pending is not None:
+    if pending is not None and write_beside is not None:
+        u_v, u_a = _step_beside_write(model, cache, pending, write_beside, in_v, in_a, t, d, cond_in)
+    elif pending is not None:
         u_v, u_a = model.step_and_write(in_v, in_a, t, d, pending.video, pending.audio, cond_in,
                                         pending.cond, cache)
     else:
@@ -180,6 +188,28 @@ def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: to
         (c_v, n_v), (c_a, n_a) = u_v.chunk(2), u_a.chunk(2)
         u_v, u_a = guide(c_v, n_v, cfg_scale), guide(c_a, n_a, cfg_scale)
     return u_v, u_a
+
+
+def _step_beside_write(model: MFTransformer, cache: KVCache, pending: PendingWrite, executor: Executor,
+                       in_v: torch.Tensor, in_a: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond_in: Conditions):
+    """``write_cache(pending)`` in the executor's thread while this thread runs the pass on
+    ``cache.incoming(...)``: its layer l waits for the write's layer l only. Returns the pass's velocity."""
+    view = cache.incoming(cache.next_chunk, model.model_config.tokens_per_chunk)
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()  # thread-local modes
+
+    def write():
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                model.write_cache(pending.video, pending.audio, pending.cond, cache, on_layer=view.publish)
+        except BaseException as exc:
+            view.fail(exc)
+            raise
+
+    job = executor.submit(write)
+    try:
+        return model(in_v, in_a, t, d, cond_in, kv_cache=view)
+    finally:
+        job.result()  # the cache holds the write before anyone reads it; a failed write raises here
 
 
 def flush_pending(model: MFTransformer, cache: KVCache, pending: PendingWrite | None) -> int:

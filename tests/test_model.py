@@ -174,6 +174,48 @@ def test_kv_cache_streaming_equals_teacher_forcing_forward(model, fused):
     torch.testing.assert_close(inc_a, ref_a, rtol=1e-4, atol=1e-5 * scale)
 
 
+def test_a_pass_reading_a_cache_while_it_is_written_beside_it_equals_one_run_after_the_write(model):
+    """KVCache.incoming + write_cache(on_layer=...) in another thread == write_cache, then forward (bit for bit),
+    through the window's evictions; the view says what the written cache will hold before any key exists."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = model.model_config
+    fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
+    k_total = cfg.window_chunks + 3
+    cv, ca, nv, na, t, d, cond = make_inputs(model, k=k_total)
+    with torch.no_grad(), ThreadPoolExecutor(1) as pool:
+        after, beside = model.new_cache(cond), model.new_cache(cond)
+        for k in range(1, k_total):
+            clean = (chunk(cv, k - 1, fc), chunk(ca, k - 1, mc), cond.chunk_slice(k - 1, 1, fc))
+            noisy = (chunk(nv, k, fc), chunk(na, k, mc), t[:, k:k + 1], d[:, k:k + 1], cond.chunk_slice(k, 1, fc))
+            model.write_cache(*clean, after)
+            ref = model(*noisy, kv_cache=after)
+            view = beside.incoming(k - 1, cfg.tokens_per_chunk)
+            assert view.context_key == after.context_key
+            assert torch.equal(view.context_chunk_ids, after.context_chunk_ids)
+            job = pool.submit(model.write_cache, *clean, beside, on_layer=view.publish)
+            out = model(*noisy, kv_cache=view)
+            job.result()
+            for x, y in zip(out, ref):
+                assert torch.equal(x, y)
+            assert [i for i, _ in beside.chunks] == [i for i, _ in after.chunks]
+    assert after.n_cached_chunks == cfg.window_chunks  # the window was full and evicting
+    with pytest.raises(ValueError, match="expects chunk"):
+        beside.incoming(0, cfg.tokens_per_chunk)
+
+
+def test_a_pass_waiting_on_a_failed_write_raises(model):
+    cv, ca, nv, na, t, d, cond = make_inputs(model, k=2)
+    cfg = model.model_config
+    fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
+    with torch.no_grad():
+        cache = model.new_cache(cond)
+        view = cache.incoming(0, cfg.tokens_per_chunk)
+        view.fail(OSError("write failed"))
+        with pytest.raises(RuntimeError, match="beside this pass failed"):
+            model(chunk(nv, 1, fc), chunk(na, 1, mc), t[:, 1:2], d[:, 1:2], cond.chunk_slice(1, 1, fc), kv_cache=view)
+
+
 def test_forward_of_clean_chunks_equals_cache_path(model):
     """model(...) over K chunks without a cache is the same block-causal pass the cache reproduces."""
     cfg = model.model_config

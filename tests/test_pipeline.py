@@ -163,7 +163,7 @@ def test_steps_n_runs_exactly_n_network_evaluations_per_chunk_plus_the_cache_wri
 
 def test_fused_cache_write_replaces_one_forward_per_chunk(studio, monkeypatch):
     counter = CallCounter(studio.model, monkeypatch)
-    chunks = run(studio, steps=4, seconds=0.16)
+    chunks = run(studio, steps=4, seconds=0.16, fuse_cache_write=True)
     n = len(chunks)
     assert counter.calls == {"forward": 4 * n - (n - 1), "write_cache": 0, "step_and_write": n - 1}
     assert sum(c.timings["nfe"] for c in chunks) == 4 * n
@@ -262,12 +262,53 @@ def test_history_longer_than_the_clip_is_rejected(studio):
         run(studio, seconds=0.08, history=chunks)
 
 
+def test_the_write_beside_the_first_pass_gives_the_separate_write_bit_for_bit(studio, monkeypatch):
+    counter = CallCounter(studio.model, monkeypatch)
+    beside = run(studio, seed=4, steps=3, seconds=0.6, write_beside=True)   # 0.6 s > the micro window
+    n = len(beside)
+    # every write but the last chunk's runs in the writer thread while the next chunk's first pass reads it
+    assert counter.calls == {"forward": 3 * n, "write_cache": n - 1, "step_and_write": 0}
+    separate = run(studio, seed=4, steps=3, seconds=0.6, fuse_cache_write=False, lookahead=False)
+    fused = run(studio, seed=4, steps=3, seconds=0.6, fuse_cache_write=True, write_beside=False)
+    assert n > studio.config.window_chunks + 1, "the stream must evict from the cache"
+    for x, y, z in zip(beside, separate, fused):
+        assert torch.equal(x.video_latents, y.video_latents) and torch.equal(x.audio_latents, y.audio_latents)
+        assert np.array_equal(x.frames, y.frames) and np.array_equal(x.audio, y.audio)
+        torch.testing.assert_close(x.video_latents, z.video_latents, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_output_does_not_depend_on_whether_a_core_is_spare(studio, monkeypatch):
+    import mf.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_oversubscribed", lambda: False)
+    idle = run(studio, seed=6, steps=2)
+    monkeypatch.setattr(pipeline, "_oversubscribed", lambda: True)   # no spare core: a separate write pass
+    busy = run(studio, seed=6, steps=2)
+    for x, y in zip(idle, busy):
+        assert torch.equal(x.video_latents, y.video_latents) and torch.equal(x.audio_latents, y.audio_latents)
+
+
+def test_a_failing_write_beside_the_pass_raises_its_error_instead_of_hanging(studio, monkeypatch):
+    original = studio.model.write_cache
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(studio.model, "write_cache", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(studio, seed=1, steps=2, seconds=0.28, write_beside=True)
+
+
 def test_widening_the_cache_write_across_cores_does_not_change_the_output(studio):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # room to widen on any machine with two cores or more
     try:
         wide = run(studio, seed=4, steps=2, wide_cache_write=True)
-        narrow = run(studio, seed=4, steps=2, wide_cache_write=False)
+        narrow = run(studio, seed=4, steps=2, wide_cache_write=False, fuse_cache_write=True)
         assert torch.get_num_threads() == 1, "the sampler restores the caller's thread count"
     finally:
         torch.set_num_threads(before)
