@@ -16,6 +16,19 @@ import torch
 PREFIX_CHUNK = -(10**9)  # chunk id of prefix keys (always visible)
 
 
+def _context_key(prefix, indices) -> tuple:
+    """Hashable description of a context: prefix length and the cached chunk indices, oldest first."""
+    return (int(prefix[0][0].shape[2]),) + tuple(indices)
+
+
+def _chunk_ids(prefix, chunks) -> torch.Tensor:
+    """Chunk id of every context key: the prefix's (PREFIX_CHUNK), then each (index, n_keys) in order."""
+    device = prefix[0][0].device
+    ids = [torch.full((int(prefix[0][0].shape[2]),), PREFIX_CHUNK, dtype=torch.long, device=device)]
+    ids += [torch.full((int(n),), index, dtype=torch.long, device=device) for index, n in chunks]
+    return torch.cat(ids)
+
+
 @dataclass
 class KVCache:
     """Keys/values of the prefix (never evicted) and of the last ``window`` finished chunks, per layer.
@@ -42,11 +55,7 @@ class KVCache:
             else:
                 hk = hv = None
             self._ctx.append((pk, pv, hk, hv))
-        device = self.prefix[0][0].device
-        ids = [torch.full((self.prefix[0][0].shape[2],), PREFIX_CHUNK, dtype=torch.long, device=device)]
-        for index, kv in self.chunks:
-            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
-        self._ctx_chunk = torch.cat(ids)
+        self._ctx_chunk = _chunk_ids(self.prefix, [(index, kv[0][0].shape[2]) for index, kv in self.chunks])
 
     def set_prefix(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.prefix = kvs
@@ -83,7 +92,7 @@ class KVCache:
     @property
     def context_key(self) -> tuple:
         """Hashable description of what the cache holds (for memoised attention masks)."""
-        return (int(self.prefix[0][0].shape[2]),) + tuple(index for index, _ in self.chunks)
+        return _context_key(self.prefix, [index for index, _ in self.chunks])
 
     @property
     def context_chunk_ids(self) -> torch.Tensor:
@@ -122,14 +131,9 @@ class IncomingContext:
         self._new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ready = [threading.Event() for _ in self.prefix]
         self._error: BaseException | None = None
-        n_prefix = int(self.prefix[0][0].shape[2])
-        self.context_key = (n_prefix,) + tuple(index for index, _ in self._old) + (chunk_index,)
-        device = self.prefix[0][0].device
-        ids = [torch.full((n_prefix,), PREFIX_CHUNK, dtype=torch.long, device=device)]
-        for index, kv in self._old:
-            ids.append(torch.full((kv[0][0].shape[2],), index, dtype=torch.long, device=device))
-        ids.append(torch.full((int(n_keys),), chunk_index, dtype=torch.long, device=device))
-        self.context_chunk_ids = torch.cat(ids)
+        self.context_key = _context_key(self.prefix, [index for index, _ in self._old] + [chunk_index])
+        self.context_chunk_ids = _chunk_ids(self.prefix, [(index, kv[0][0].shape[2]) for index, kv in self._old]
+                                            + [(chunk_index, int(n_keys))])
 
     def publish(self, layer: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         """The write's keys/values of ``layer`` are ready."""
@@ -153,4 +157,3 @@ class IncomingContext:
         hk = torch.cat([entry[1][layer][0] for entry in self._old] + [k], dim=2)
         hv = torch.cat([entry[1][layer][1] for entry in self._old] + [v], dim=2)
         return pk, pv, hk, hv
-
