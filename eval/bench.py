@@ -32,6 +32,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 
 FLOORS = {"rtf_4": 1.0, "ratio_50_over_4": 11.0, "first_chunk_seconds": 0.5, "rss60_over_rss10": 1.1}
 GPU_FLOORS = {"rtf_4": 0.05, "ratio_50_over_4": 11.0}   # issue 15, tiny preset on one H100/H200 (graph mode)
@@ -44,7 +45,24 @@ VARIANTS = {"default": {}, "graph": {"graphs": True}, "eager": {"graphs": False}
             "fused": {"write_beside": False, "fuse_cache_write": True},
             "fused_wide": {"write_beside": False, "wide_cache_write": True},
             # the CPU default before issue 15: hand-off look-ahead, cache write fused and widened
-            "handoff_wide": {"lookahead": "handoff", "wide_cache_write": True}}
+            "handoff_wide": {"lookahead": "handoff", "wide_cache_write": True},
+            # the video decoder as diffusers runs it (upsample, then conv), not folded (mf.codecs.video)
+            "unfolded_decode": {"video_codec": {"folded_decode": False}}}
+
+
+@contextmanager
+def _variant(studio, name: str):
+    """generate() keyword arguments of variant ``name``; its codec settings hold while the block runs."""
+    kwargs = dict(VARIANTS[name])
+    codec_settings = kwargs.pop("video_codec", {})
+    before = {k: getattr(studio.video_codec, k) for k in codec_settings}
+    for k, v in codec_settings.items():
+        setattr(studio.video_codec, k, v)
+    try:
+        yield kwargs
+    finally:
+        for k, v in before.items():
+            setattr(studio.video_codec, k, v)
 
 
 def _cpu_model() -> str:
@@ -151,11 +169,11 @@ def run(args) -> dict:
     on_cuda = studio.device.type == "cuda"
     modes = {}
     for name in args.variants:
-        kwargs = VARIANTS[name]
-        modes[name] = "graph" if kwargs.get("graphs", on_cuda) else "eager"
         warm = time.perf_counter()
-        for _ in generate(studio, steps=1, seed=123, seconds=0.16, **kwargs):  # lazy init, graph capture
-            pass
+        with _variant(studio, name) as kwargs:
+            modes[name] = "graph" if kwargs.get("graphs", on_cuda) else "eager"
+            for _ in generate(studio, steps=1, seed=123, seconds=0.16, **kwargs):  # lazy init, graph capture
+                pass
         print(f"variant {name}: mode {modes[name]}, dtype {str(studio.dtype).replace('torch.', '')}, warm-up "
               f"{time.perf_counter() - warm:.2f} s", flush=True)
     # Step counts and variants are interleaved and repeated, so every one sees the same background load;
@@ -166,7 +184,8 @@ def run(args) -> dict:
     for rep in range(args.repeats):
         for steps in args.steps:
             for name in args.variants:
-                r = _timed_run(studio, steps, args.seconds, args.seed, **VARIANTS[name])
+                with _variant(studio, name) as kwargs:
+                    r = _timed_run(studio, steps, args.seconds, args.seed, **kwargs)
                 r["loadavg_1min"] = os.getloadavg()[0]
                 loads.append(r["loadavg_1min"])
                 all_runs[name][str(steps)].append(r)
@@ -186,7 +205,8 @@ def run(args) -> dict:
         variants[name].update(mode=modes[name], dtype=str(studio.dtype).replace("torch.", ""),
                               device=str(studio.device))
     main = args.variants[0]
-    firsts = [_timed_run(studio, 4, 0.16, args.seed + i, **VARIANTS[main])["first_chunk_seconds"] for i in range(3)]
+    with _variant(studio, main) as kwargs:
+        firsts = [_timed_run(studio, 4, 0.16, args.seed + i, **kwargs)["first_chunk_seconds"] for i in range(3)]
     result = dict(variants[main])
     result.update(
         variant=main, repeats=args.repeats, seconds=args.seconds,

@@ -81,6 +81,55 @@ def test_video_accepts_uint8_and_float_frames_equivalently(video_micro):
     torch.testing.assert_close(video_micro.encode(frames), video_micro.encode(as_float))
 
 
+def test_upsample_then_conv_equals_its_folded_transposed_conv():
+    from mf.codecs.video import NearestUpConv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 6, 9)
+    reference = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    with torch.no_grad():
+        folded = NearestUpConv(conv)(x)
+    assert folded.shape == reference.shape == (2, 7, 12, 18)
+    torch.testing.assert_close(folded, reference, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3"):
+        NearestUpConv(torch.nn.Conv2d(5, 7, 3, padding=0))
+
+
+@pytest.mark.parametrize("preset", ["micro", "tiny"])
+def test_folded_decode_equals_the_diffusers_decoder(preset):
+    """decode() folds each upsample + conv; the pixels are the diffusers decoder's up to float rounding."""
+    video = VideoCodec.from_preset(preset, seed=1)
+    if preset == "tiny" and (ASSETS / "video").is_dir():
+        video = load_codecs(ASSETS)[0]   # the shipped decoder, whose weights are not random
+    latents = torch.randn(4, video.latent_channels, video.latent_size, video.latent_size,
+                          generator=torch.Generator().manual_seed(2))
+    folded = video.decode(latents)
+    video.folded_decode = False
+    try:
+        reference = video.decode(latents)
+        reference_u8 = video.decode_uint8(latents)
+    finally:
+        video.folded_decode = True
+    assert any(isinstance(m, torch.nn.Upsample) for m in video.autoencoder.decoder.layers)
+    assert not any(isinstance(m, torch.nn.Upsample) for m in video._folded_layers), "nothing was folded"
+    torch.testing.assert_close(folded, reference, rtol=0, atol=5e-5)
+    differ = (video.decode_uint8(latents).astype(int) - reference_u8).astype(int)
+    assert np.abs(differ).max() <= 1 and (differ != 0).mean() < 1e-3   # a rounding boundary, rarely
+
+
+def test_folded_decode_follows_a_decoder_being_trained(video_micro):
+    latents = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    video = VideoCodec.from_preset("micro", seed=4)
+    before = video.decode(latents)
+    with torch.no_grad():
+        for p in video.autoencoder.decoder.parameters():
+            p.mul_(1.5)   # in place, as an optimiser step: the folded kernels must be refolded
+    after = video.decode(latents)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, video.decode_raw(video.denormalise(latents)).clamp(-1, 1), rtol=0, atol=1e-5)
+
+
 def test_audio_encode_decode_shapes_and_rates(audio_micro):
     assert (audio_micro.hop, audio_micro.sample_rate, audio_micro.frames_per_video_frame) == (HOP, 16000, 4)
     wave = synthetic_voice(0.5)
@@ -278,6 +327,10 @@ def test_codec_evaluation_uses_the_shared_pesq_and_held_out_seeds(video_micro, a
     assert report["video_clips"] == 1 and np.isfinite(report["video_psnr_db_mean"])
     assert report["audio_clips"] + report["audio_clips_without_speech"] == 1
     assert report["decode"]["ratio"] > 0 and report["bars"]["audio_pesq_wb"] == 3.0
+    decode = report["decode"]
+    assert decode["video_folded"] is True and video_micro.folded_decode is True   # restored after timing
+    assert decode["video_unfolded_s_per_s"] > 0
+    assert decode["video_folded_speedup"] == pytest.approx(decode["video_unfolded_s_per_s"] / decode["video_s_per_s"])
 
 
 def test_codec_evaluation_cli_names_a_missing_folder(tmp_path, capsys):

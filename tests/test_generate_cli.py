@@ -75,3 +75,19 @@ def test_bench_reports_speed_ratio_first_chunk_memory_and_floors(tmp_path):
     assert set(result["rss_mb"]) == {"0.16s", "0.32s"} and result["rss60_over_rss10"] > 0
     assert result["trained"] is False and result["hardware"]["torch_threads"] == 1
     assert set(result["floors_passed"]) == {"rtf_4", "ratio_50_over_4", "first_chunk_seconds", "rss60_over_rss10"}
+
+
+def test_bench_codec_variant_holds_only_while_its_runs_do():
+    from types import SimpleNamespace
+
+    from eval.bench import _variant
+
+    studio = SimpleNamespace(video_codec=SimpleNamespace(folded_decode=True))
+    with _variant(studio, "unfolded_decode") as kwargs:
+        assert kwargs == {} and studio.video_codec.folded_decode is False
+    assert studio.video_codec.folded_decode is True
+    with pytest.raises(RuntimeError), _variant(studio, "unfolded_decode"):
+        raise RuntimeError("a failed run restores the codec too")
+    assert studio.video_codec.folded_decode is True
+    with _variant(studio, "separate") as kwargs:
+        assert kwargs == {"write_beside": False, "fuse_cache_write": False}
