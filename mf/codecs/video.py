@@ -91,7 +91,8 @@ class NearestUpConv(nn.Module):
 
 def fold_upsampling(layers) -> nn.Sequential:
     """The same layer objects, each nearest x2 ``Upsample`` + fitting ``Conv2d`` pair replaced by a
-    ``NearestUpConv`` (``AutoencoderTiny``'s decoder has three such pairs: 60% of its multiply-adds)."""
+    ``NearestUpConv`` (the tiny preset's decoder has three such pairs: 50 of its 99 M multiply-adds per
+    frame, 22 M after folding)."""
     layers, out, i = list(layers), [], 0
     while i < len(layers):
         up = layers[i]
@@ -113,8 +114,9 @@ class VideoCodec:
         # channels_last: ~1.5-2x faster CPU convolutions at these small sizes (measured, docs/CODECS.md).
         self.autoencoder = autoencoder.eval().to(memory_format=torch.channels_last)
         # decode()/decode_uint8() (inference) run the decoder with each upsample + conv folded into one
-        # transposed conv (NearestUpConv: same sums, float rounding apart; 21 -> 14 ms per 4-frame chunk on
-        # one CPU thread). False: the diffusers decoder as it is (decode_raw, which training differentiates).
+        # transposed conv (NearestUpConv: same sums, float rounding apart; 16.8 -> 12.0 ms per 4-frame chunk on
+        # one CPU thread, eval.codec_eval, docs/CODECS.md). False: the diffusers decoder as it is (decode_raw,
+        # which training differentiates).
         self.folded_decode = bool(folded_decode)
         self._folded_layers = None
         self.frame_size = int(frame_size)
