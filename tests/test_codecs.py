@@ -114,11 +114,11 @@ def test_folded_decode_equals_the_diffusers_decoder(preset):
     assert any(isinstance(m, torch.nn.Upsample) for m in video.autoencoder.decoder.layers)
     assert not any(isinstance(m, torch.nn.Upsample) for m in video._folded_layers), "nothing was folded"
     torch.testing.assert_close(folded, reference, rtol=0, atol=5e-5)
-    differ = (video.decode_uint8(latents).astype(int) - reference_u8).astype(int)
+    differ = video.decode_uint8(latents).astype(int) - reference_u8
     assert np.abs(differ).max() <= 1 and (differ != 0).mean() < 1e-3   # a rounding boundary, rarely
 
 
-def test_folded_decode_follows_a_decoder_being_trained(video_micro):
+def test_folded_decode_follows_a_decoder_being_trained():
     latents = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(3))
     video = VideoCodec.from_preset("micro", seed=4)
     before = video.decode(latents)
