@@ -55,9 +55,11 @@ def _set_number(page, selector: str, value):
 
 
 def test_landing_page_explains_itself_and_examples_play_at_once(page):
-    assert page.get_by_text("Limits on this Space").first.is_visible()
+    # is_visible() does not wait and Gradio renders the tabs with JS after the title: wait for each one
+    # (a visible-state wait that fails after TIMEOUT_MS if the element never shows).
+    page.get_by_text("Limits on this Space").first.wait_for(state="visible")
     for tab in ("Talk (stream)", "Compare 4 · 8 · 50 steps", "Chunks", "Evaluate", "About"):
-        assert page.get_by_role("tab", name=tab).is_visible()
+        page.get_by_role("tab", name=tab).wait_for(state="visible")
     _shot(page, "app-01-landing.png")
     started = time.perf_counter()
     page.locator('[data-testid="dataset-cell-0-0"]').first.click()
@@ -158,5 +160,5 @@ def test_evaluate_shows_table_and_chart(page, tmp_path):
 def test_about_names_the_method_and_how_to_cite(page):
     page.get_by_role("tab", name="About").click()
     page.get_by_text("How to cite").first.wait_for()
-    assert page.get_by_text("arXiv:2604.25819").first.is_visible()
+    page.get_by_text("arXiv:2604.25819").first.wait_for(state="visible")
     _shot(page, "app-07-about.png")
