@@ -18,13 +18,22 @@ Outputs: --json (``{"systems": [{"arm", "steps", "mode", "short": {metric: {mean
 "windows": {"0-5": {...}, ...}}], "seeds", "floor_seeds", "missing", "command", ...}``), --markdown
 (``eval.ablation_report.markdown_table`` of that JSON) and --html (plotly figure: corpus-FD per window,
 one line per arm). ``--training-only --card`` refreshes the model card's training table.
+
+``--cache DIR`` keeps every finished job's per-clip measurements (``ClipCache``): a run that stops is resumed,
+and the statistics can be recomputed with another ``--frames`` / ``--n-boot`` / ``--seed`` without generating
+again. A job is reused only when its seeds, seconds, windows, text, steps and mode and the bytes of the arm's
+weights, the codecs and the corpus-feature extractor are the same; the project's code is not part of that key,
+so clear the folder after changing the generation or measurement code.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -157,29 +166,96 @@ def _run_job(job: dict, ctx: dict | None = None) -> tuple:
     return job["key"], clips, time.monotonic() - t0
 
 
-def _run_jobs(jobs: list[dict], args, ctx: dict) -> dict:
+def _files_digest(folder, h) -> None:
+    """Feed every file under ``folder`` (relative name and bytes, sorted) into the hash ``h``."""
+    folder = Path(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+
+class ClipCache:
+    """Per-job clip measurements on disk (``--cache DIR``), one pickle per job, written atomically.
+
+    The file name carries a sha256 of the job (its seeds, seconds, windows, text, steps, mode) and of the bytes
+    of the codecs, the corpus-feature extractor and, for a generated job, the arm's folder: a changed input
+    is a different file, never a stale hit. The files are this project's own output; load only a folder you
+    wrote (pickle)."""
+
+    def __init__(self, folder, codecs_dir, extractor_dir):
+        if codecs_dir is None or extractor_dir is None:
+            raise AblationError("--cache needs the codecs and the extractor from folders (--codecs, shipped extractor)")
+        self.folder = Path(folder)
+        base = hashlib.sha256()
+        _files_digest(codecs_dir, base)
+        _files_digest(extractor_dir, base)
+        self._base, self._arms = base, {}
+
+    def path(self, job: dict) -> Path:
+        h = self._base.copy()
+        h.update(json.dumps({k: v for k, v in job.items() if k != "key"}, sort_keys=True).encode())
+        if job["kind"] == "gen":
+            if job["folder"] not in self._arms:
+                arm = hashlib.sha256()
+                _files_digest(job["folder"], arm)
+                self._arms[job["folder"]] = arm.digest()
+            h.update(self._arms[job["folder"]])
+        return self.folder / f"{'-'.join(map(str, job['key']))}-{h.hexdigest()[:16]}.pkl"
+
+    def load(self, job: dict) -> list | None:
+        path = self.path(job)
+        if not path.is_file():
+            return None
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+
+    def save(self, job: dict, clips: list) -> None:
+        path = self.path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(clips, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+
+
+def _run_jobs(jobs: list[dict], args, ctx: dict, cache: ClipCache | None = None) -> dict:
     """{job key: clips}: in this process (``--workers 1``) or in ``--workers`` processes (spawned, one torch
-    thread each; clips are deterministic per seed, so the numbers do not depend on the worker count)."""
-    if args.workers <= 1:
-        out = {}
+    thread each; clips are deterministic per seed, so the numbers do not depend on the worker count).
+    With a ``cache``, jobs found there are read instead of run and every finished job is stored at once."""
+    out = {}
+    if cache is not None:
+        for job in list(jobs):
+            clips = cache.load(job)
+            if clips is not None:
+                _log(f"{'/'.join(map(str, job['key']))}: {len(clips)} clips from the cache")
+                out[job["key"]] = clips
+        jobs = [job for job in jobs if job["key"] not in out]
+
+    def done(job, clips):
+        out[job["key"]] = clips
+        if cache is not None:
+            cache.save(job, clips)
+
+    if args.workers <= 1 or not jobs:
         for job in jobs:
             key, clips, dt = _run_job(job, ctx)
             _log(f"{'/'.join(map(str, key))}: {len(clips)} clips in {dt:.0f} s")
-            out[key] = clips
+            done(job, clips)
         return out
     import concurrent.futures as cf
     import multiprocessing as mp
 
     if args.codecs is None:
         raise AblationError("--workers > 1 needs codecs from a folder (--codecs)")
-    out = {}
     with cf.ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                 initargs=(args.codecs, args.device, args.threads)) as pool:
-        futures = [pool.submit(_run_job, job) for job in jobs]
-        for fut in cf.as_completed(futures):
+        futures = {pool.submit(_run_job, job): job for job in jobs}
+        for n, fut in enumerate(cf.as_completed(futures), 1):
             key, clips, dt = fut.result()
-            _log(f"{'/'.join(map(str, key))}: {len(clips)} clips in {dt:.0f} s ({len(out) + 1}/{len(jobs)} jobs)")
-            out[key] = clips
+            _log(f"{'/'.join(map(str, key))}: {len(clips)} clips in {dt:.0f} s ({n}/{len(jobs)} jobs)")
+            done(futures[fut], clips)
     return out
 
 
@@ -210,7 +286,12 @@ def run(args, command: str) -> dict:
                "audio_codec": codecs[1], "codecs": codecs, "device": args.device, "studios": {}}
     t0 = time.monotonic()
     measured = _systems(args, present)
-    clips = _run_jobs(_jobs(parts, seeds, floor_seeds, measured), args, ctx)
+    cache = None
+    if args.cache:
+        from eval.features import ASSET_DIR
+
+        cache = ClipCache(args.cache, args.codecs, ASSET_DIR if args.extractor is None else None)
+    clips = _run_jobs(_jobs(parts, seeds, floor_seeds, measured), args, ctx, cache)
     stats = dict(n_boot=args.n_boot, seed=args.seed, sets=set_idx, max_frames=args.frames)
     systems = [{"arm": "real", "steps": None, "mode": None, "weights": None}
                | {p: system_metrics(clips[("floor", p)], clips[("real", p)], w, **stats) for p, w, _, _ in parts}]
@@ -288,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--workers", type=int, default=1,
                    help="processes that generate and measure in parallel (numbers do not depend on it)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep per-clip measurements here: resume a run, recompute statistics without generating")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--html", default=None, help="plotly figure: corpus-FD per window, one line per arm")

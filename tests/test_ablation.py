@@ -223,8 +223,10 @@ def test_one_command_trains_every_arm_from_one_init_with_equal_steps_and_batch(t
                         "--minutes", "1", "--steps", "1", "--runs", str(tmp_path / "r2")]) == 2
 
 
-def test_ablation_numbers_do_not_depend_on_the_worker_count(tmp_path):
-    """--workers 2 (spawned processes, shipped codecs and extractor) gives the same table as --workers 1."""
+def test_ablation_numbers_do_not_depend_on_the_worker_count(tmp_path, monkeypatch):
+    """--workers 2 (spawned processes, shipped codecs and extractor) gives the same table as --workers 1, and a
+    run read back from its --cache gives that table again without generating anything."""
+    import eval.ablation
     from eval.ablation import main
     from mf.model import MFTransformer
     from mf.train.arms import export_arm
@@ -237,10 +239,22 @@ def test_ablation_numbers_do_not_depend_on_the_worker_count(tmp_path):
         out = tmp_path / f"w{workers}.json"
         rc = main(["--arms-dir", str(tmp_path / "arms"), "--arms", "F", "--steps", "4", "--clips-per-set", "2",
                    "--short-seconds", "1", "--long-seconds", "0", "--n-boot", "20", "--workers", str(workers),
-                   "--skip", "f@50",
-                   "--json", str(out)])
+                   "--skip", "f@50", "--json", str(out)]
+                  + (["--cache", str(tmp_path / "cache")] if workers == 2 else []))
         assert rc == 0
         results[workers] = json.loads(out.read_text())
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["F", "floor", "real"]  # no .tmp
+
+    def no_generation(job, ctx=None):
+        raise AssertionError(f"job {job['key']} ran although it is in the cache")
+
+    monkeypatch.setattr(eval.ablation, "_run_job", no_generation)
+    again = tmp_path / "again.json"
+    assert main(["--arms-dir", str(tmp_path / "arms"), "--arms", "F", "--steps", "4", "--clips-per-set", "2",
+                 "--short-seconds", "1", "--long-seconds", "0", "--n-boot", "20", "--skip", "f@50",
+                 "--cache", str(tmp_path / "cache"), "--json", str(again)]) == 0
+    cached = json.loads(again.read_text())
+    assert [s["short"] for s in cached["systems"]] == [s["short"] for s in results[2]["systems"]]
     one, two = results[1], results[2]
     assert [s["arm"] for s in one["systems"]] == [s["arm"] for s in two["systems"]] == ["real", "F"]
     assert two["workers"] == 2 and one["workers"] == 1 and one["skipped"] == ["F@50"]
@@ -298,3 +312,30 @@ def test_floor_checks_read_the_issue_floors_from_the_json():
     result["windows"] = ["0-5"]  # a --quick-like run without the last window says so
     rows = {(r["floor"].split()[2], r["window"]): r for r in floor_checks(result)}
     assert rows[("C@4", "15-25")]["status"] == "not measured"
+
+
+def test_a_cached_job_is_found_only_with_the_same_job_weights_codecs_and_extractor(tmp_path):
+    from eval.ablation import AblationError, ClipCache
+
+    def folder(name, payload):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "w.bin").write_bytes(payload)
+        return str(tmp_path / name)
+
+    codecs, extractor, arm = folder("codecs", b"c"), folder("extractor", b"e"), folder("arm", b"w1")
+    cache = ClipCache(tmp_path / "cache", codecs, extractor)
+    job = {"key": ("F", 4, "short"), "kind": "gen", "folder": arm, "steps": 4, "mode": "few", "seeds": [1, 2],
+           "seconds": 2.0, "windows": ((0.0, 2.0),), "text": None}
+    clips = [{"windows": {"0-2s": {"features": np.arange(6.0).reshape(3, 2)}}, "model_s": 0.1}]
+    cache.save(job, clips)
+    got = cache.load(job)
+    assert np.array_equal(got[0]["windows"]["0-2s"]["features"], clips[0]["windows"]["0-2s"]["features"])
+    assert cache.load(dict(job, seeds=[1, 3])) is None and cache.load(dict(job, steps=8)) is None
+    (tmp_path / "arm" / "w.bin").write_bytes(b"w2")                       # the arm was retrained
+    assert ClipCache(tmp_path / "cache", codecs, extractor).load(job) is None
+    (tmp_path / "arm" / "w.bin").write_bytes(b"w1")
+    assert ClipCache(tmp_path / "cache", codecs, extractor).load(job) is not None
+    (tmp_path / "extractor" / "w.bin").write_bytes(b"e2")                 # another feature extractor
+    assert ClipCache(tmp_path / "cache", codecs, extractor).load(job) is None
+    with pytest.raises(AblationError, match="--cache needs"):
+        ClipCache(tmp_path / "cache", None, extractor)                     # codec objects: nothing to hash
