@@ -11,6 +11,9 @@ Owns the measurement protocol (one process, the same studio for every number):
   (``ratio_50_over_4_per_repeat`` lists them; ``ratio_50_over_4_fastest`` = fastest 50 over fastest 4);
   ``ratio_50_over_4_sampler_cpu``: the same ratio of the sampler thread's own CPU seconds (the critical
   path when the decode overlaps it): what per-chunk fixed costs do, far less sensitive to other load;
+- ``pass_ms``: per step count, the median wall / sampler-CPU milliseconds of a chunk's first pass and of
+  its later passes (pooled over repeats), the first pass's extra in passes and the model-time ratio they
+  imply: which part of a chunk keeps the ratio under 12.5 (``_pass_breakdown``);
 - ``--variants``: several generation paths measured interleaved in the same process (e.g. ``graph eager``
   on a GPU, ``default handoff`` for the CPU look-ahead before/after); the first one fills the top-level
   numbers, every one gets its own block under ``variants``;
@@ -85,9 +88,16 @@ def _timed_run(studio, steps: int, seconds: float, seed: int, **kwargs) -> dict:
     nfe = writes = 0
     model_s = decode_s = model_cpu_s = 0.0
     n_frames = 0
+    passes = dict(first=[], rest=[], first_cpu=[], rest_cpu=[], after_steps=[])   # seconds, one per pass/chunk
     for chunk in generate(studio, steps=steps, seed=seed, seconds=seconds, **kwargs):
         if first is None:
             first = time.perf_counter() - start
+        t = chunk.timings
+        passes["first"].append(t["steps_s"][0])
+        passes["first_cpu"].append(t["steps_cpu_s"][0])
+        passes["rest"] += t["steps_s"][1:]
+        passes["rest_cpu"] += t["steps_cpu_s"][1:]
+        passes["after_steps"].append(t["model_s"] - sum(t["steps_s"]))   # e.g. a cache write run after the steps
         nfe += chunk.timings["nfe"]
         writes += chunk.timings["cache_writes"]
         model_s += chunk.timings["model_s"]
@@ -100,7 +110,7 @@ def _timed_run(studio, steps: int, seconds: float, seed: int, **kwargs) -> dict:
     return dict(steps=steps, seconds=clip_seconds, wall_seconds=wall, cpu_seconds=cpu, rtf=wall / clip_seconds,
                 first_chunk_seconds=first, nfe=nfe, cache_writes=writes, model_seconds=model_s,
                 model_cpu_seconds=model_cpu_s,
-                decode_seconds=decode_s)
+                decode_seconds=decode_s, passes=passes)
 
 
 def _rss_run(studio, seconds_marks=(10.0, 60.0), seed: int = 7) -> dict:
@@ -128,6 +138,27 @@ def _median(values: list[float]) -> float:
     return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
+def _pass_breakdown(all_runs: dict) -> dict:
+    """Where a chunk's sampling time goes, per step count, pooled over repeats (median milliseconds):
+    ``first`` = the first step's pass (with the chunk's set-up, and the previous chunk's cache write when it
+    runs beside or inside that pass), ``rest`` = every later pass, ``*_cpu`` = the sampler thread's own CPU,
+    ``after_steps`` = the chunk's time after its last step (the write when it runs there).
+    ``first_extra_passes`` = (first - rest) / rest: the per-chunk fixed cost on the critical path, in passes;
+    ``ratio_50_over_4_from_passes`` = the model-time ratio these medians imply (decode excluded)."""
+    out = {}
+    for steps, runs in all_runs.items():
+        pooled = {k: [x for r in runs for x in r["passes"][k]] for k in runs[0]["passes"]}
+        ms = {k: round(1e3 * _median(v), 2) for k, v in pooled.items() if v}
+        if "rest" in ms and ms["rest"] > 0:
+            ms["first_extra_passes"] = round((ms["first"] - ms["rest"]) / ms["rest"], 3)
+        out[steps] = ms
+    if all(k in out and "rest" in out[k] for k in ("4", "50")):
+        def chunk_ms(k, n):
+            return out[k]["first"] + (n - 1) * out[k]["rest"] + out[k]["after_steps"]
+        out["ratio_50_over_4_from_passes"] = round(chunk_ms("50", 50) / chunk_ms("4", 4), 3)
+    return out
+
+
 def _summary(all_runs: dict) -> dict:
     """Numbers of one variant from its repeats: fastest repeat per step count, per-repeat 50/4 ratios."""
     runs = {k: min(v, key=lambda r: r["wall_seconds"]) for k, v in all_runs.items()}
@@ -135,7 +166,8 @@ def _summary(all_runs: dict) -> dict:
                rtf_all_repeats={k: [r["rtf"] for r in v] for k, v in all_runs.items()},
                # this process's CPU seconds (all threads), fastest repeat: less sensitive to other load
                cpu_seconds={k: min(r["cpu_seconds"] for r in v) for k, v in all_runs.items()},
-               nfe={k: v["nfe"] for k, v in runs.items()}, runs=runs)
+               nfe={k: v["nfe"] for k, v in runs.items()}, pass_ms=_pass_breakdown(all_runs),
+               runs={k: {f: x for f, x in v.items() if f != "passes"} for k, v in runs.items()})
     if "4" in runs and "50" in runs:
         per_repeat = [b["wall_seconds"] / a["wall_seconds"] for a, b in zip(all_runs["4"], all_runs["50"])]
         out["ratio_50_over_4_per_repeat"] = per_repeat
@@ -282,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             fh.write(text)
     keys = ("variant", "mode", "dtype", "device", "rtf", "ratio_50_over_4", "ratio_50_over_4_per_repeat",
-            "ratio_50_over_4_fastest", "ratio_50_over_4_cpu", "ratio_50_over_4_sampler_cpu",
+            "ratio_50_over_4_fastest", "ratio_50_over_4_cpu", "ratio_50_over_4_sampler_cpu", "pass_ms",
             "first_chunk_seconds", "rss_mb", "loadavg_during", "floors_passed")
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))
     for name, v in result.get("variants", {}).items():

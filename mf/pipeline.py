@@ -54,7 +54,8 @@ class Chunk:
     audio: np.ndarray             # float32 [T * 640]
     video_latents: torch.Tensor   # [Fc, C, h, w] (the whole chunk, also when frames were cut)
     audio_latents: torch.Tensor   # [Fc * 4, n_mels]
-    timings: dict                 # model_s, model_cpu_s (sampler thread CPU), decode_s, nfe, cache_writes
+    timings: dict                 # model_s, model_cpu_s (sampler thread CPU), decode_s, nfe, cache_writes,
+                                  # steps_s / steps_cpu_s (wall / sampler CPU seconds of each step)
     step_latents: list[tuple[torch.Tensor, torch.Tensor]] | None  # [(video [Fc,C,h,w], audio [Fc*4,M])] per step
     seed: int
     start_frame: int = 0          # first video frame of this chunk in the clip
@@ -333,8 +334,10 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
     def sample(k: int, cache, pending, first_pass_done=None):
         t0, cpu0 = time.perf_counter(), time.thread_time()
         widen = wide_cache_write and pending is not None
+        marks = [(t0, cpu0)]   # (wall, sampler-thread CPU) after each step: where a chunk's time goes
 
         def after_step(i, x_v, x_a):
+            marks.append((time.perf_counter(), time.thread_time()))
             if i == 0:
                 if widen:
                     torch.set_num_threads(base_threads)
@@ -358,8 +361,11 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
                 first_pass_done.set()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        # wall seconds, and the sampler thread's own CPU seconds (not its intra-op helpers')
-        return out, (time.perf_counter() - t0, time.thread_time() - cpu0)
+        # wall seconds, the sampler thread's own CPU seconds (not its intra-op helpers'), and per step
+        # (the first includes the chunk's set-up; the chunk's write, when it runs after the steps, is in neither)
+        steps_wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+        steps_cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+        return out, (time.perf_counter() - t0, time.thread_time() - cpu0, steps_wall, steps_cpu)
 
     @torch.inference_mode()
     def decode(k: int, out, audio_decoder):
@@ -384,7 +390,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             results = handoff_results(sample, cache, range(first, n_chunks), second_core)
         else:
             results = inline_results(sample, cache, range(first, n_chunks))
-        for k, (out, (model_s, model_cpu_s)) in zip(range(first, n_chunks), results):
+        for k, (out, (model_s, model_cpu_s, steps_s, steps_cpu_s)) in zip(range(first, n_chunks), results):
             frames, audio, decode_s = decode(k, out, audio_decoder)
             steps_out = None
             if out.step_latents is not None:
@@ -392,7 +398,7 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             yield Chunk(index=k, frames=frames, audio=audio, video_latents=out.video[0].float().cpu(),
                         audio_latents=out.audio[0].float().cpu(),
                         timings=dict(model_s=model_s, model_cpu_s=model_cpu_s, decode_s=decode_s, nfe=out.nfe,
-                                     cache_writes=out.cache_writes),
+                                     cache_writes=out.cache_writes, steps_s=steps_s, steps_cpu_s=steps_cpu_s),
                         step_latents=steps_out, seed=int(seed), start_frame=k * fc,
                         note=note if k == first else "")
     finally:

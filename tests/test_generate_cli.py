@@ -75,6 +75,27 @@ def test_bench_reports_speed_ratio_first_chunk_memory_and_floors(tmp_path):
     assert set(result["rss_mb"]) == {"0.16s", "0.32s"} and result["rss60_over_rss10"] > 0
     assert result["trained"] is False and result["hardware"]["torch_threads"] == 1
     assert set(result["floors_passed"]) == {"rtf_4", "ratio_50_over_4", "first_chunk_seconds", "rss60_over_rss10"}
+    passes = result["pass_ms"]
+    assert all(passes[k]["first"] > 0 and passes[k]["rest"] > 0 for k in ("4", "50"))
+    assert passes["ratio_50_over_4_from_passes"] > 1
+
+
+def test_pass_breakdown_pools_repeats_and_implies_the_model_time_ratio():
+    from eval.bench import _pass_breakdown
+
+    def run(first, rest, after):
+        return {"passes": dict(first=first, rest=rest, first_cpu=first, rest_cpu=rest, after_steps=after)}
+
+    # 4 steps: first passes 30, 30, 34 ms (median 30), later passes 20 ms, 1 ms after the steps;
+    # 50 steps: first 25 ms, later 19 ms, nothing after
+    runs = {"4": [run([0.030, 0.030], [0.020] * 6, [0.001, 0.001]), run([0.034], [0.020] * 3, [0.001])],
+            "50": [run([0.025], [0.019] * 49, [0.0])]}
+    out = _pass_breakdown(runs)
+    assert out["4"]["first"] == pytest.approx(30.0) and out["4"]["rest"] == pytest.approx(20.0)
+    assert out["4"]["first_extra_passes"] == pytest.approx(0.5)
+    assert out["4"]["after_steps"] == pytest.approx(1.0)
+    # (25 + 49 * 19) / (30 + 3 * 20 + 1)
+    assert out["ratio_50_over_4_from_passes"] == pytest.approx((25 + 49 * 19) / 91, abs=1e-3)
 
 
 def test_bench_codec_variant_holds_only_while_its_runs_do():

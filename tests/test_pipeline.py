@@ -161,6 +161,29 @@ def test_steps_n_runs_exactly_n_network_evaluations_per_chunk_plus_the_cache_wri
     assert [c.timings["cache_writes"] for c in chunks] == [1] * (n - 1) + [0]
 
 
+def test_each_chunk_times_every_step_and_a_write_after_the_steps_falls_outside_them(studio, monkeypatch):
+    import time
+
+    original = studio.model.write_cache
+
+    def slow_write(*args, **kwargs):   # a write that takes a known time (it runs after the chunk's steps)
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(studio.model, "write_cache", slow_write)
+    chunks = run(studio, steps=3, seconds=0.16, write_beside=False, fuse_cache_write=False, lookahead=False)
+    assert len(chunks) >= 2
+    for i, c in enumerate(chunks):
+        t = c.timings
+        assert len(t["steps_s"]) == len(t["steps_cpu_s"]) == 3 and all(x > 0 for x in t["steps_s"])
+        outside = t["model_s"] - sum(t["steps_s"])
+        if i < len(chunks) - 1:
+            assert outside >= 0.05          # the sleep is in the chunk's time, in none of its steps
+            assert max(t["steps_s"]) < t["model_s"] - 0.05 + 1e-6
+        else:
+            assert 0 <= outside < 0.05      # the last chunk writes nothing
+
+
 def test_fused_cache_write_replaces_one_forward_per_chunk(studio, monkeypatch):
     counter = CallCounter(studio.model, monkeypatch)
     chunks = run(studio, steps=4, seconds=0.16, fuse_cache_write=True)
