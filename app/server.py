@@ -25,9 +25,10 @@ def load_backends(assets: str = "assets", device: str = "cpu"):
     """(studio, generate, studio_error, score_sets, eval_plots, metrics, eval_error); errors are strings."""
     studio = generate = studio_error = None
     try:
-        from mf.pipeline import generate, load_studio
+        from mf.pipeline import generate, load_studio, warm_up
 
         studio = load_studio(assets=assets, device=device)
+        log.info("studio warmed up in %.2f s", warm_up(studio))   # one-time costs before the first visitor
     except Exception as exc:  # noqa: BLE001 - reported on the page instead of crashing the Space
         log.exception("loading the studio failed")
         studio, generate = None, None

@@ -192,19 +192,7 @@ class Block(nn.Module):
         b, s, vt, d = xv.shape
         at = xa.shape[2]
         cos, sin, cos_sp, sin_sp = rope
-        parts = []
-        if vt:
-            mod_v = mod_v + self.video.mod_table
-            parts.append(self.video.qkv_heads(xv, mod_v))
-        if at:
-            mod_a = mod_a + self.audio.mod_table
-            parts.append(self.audio.qkv_heads(xa, mod_a))
-        if len(parts) == 2:
-            q, k, v = (torch.cat([pv_, pa_], 1) for pv_, pa_ in zip(*parts))
-        else:
-            q, k, v = parts[0]
-        # [B, N, H, hd] -> [B, H, N, hd]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v, mod_v, mod_a = self.qkv(xv, xa, mod_v, mod_a)
         if plan.prefix:  # the prefix has no time: spatial rotation only, attends to itself
             k = apply_rope(k, cos_sp, sin_sp)
             if on_kv is not None:
@@ -230,9 +218,33 @@ class Block(nn.Module):
                 mod_a = mod_a[:, j:] if at else None
                 s = s - j
             out = attend(q_full, q_sp, k, v, ctx() if callable(ctx) else ctx, rows)
-        out = out.transpose(1, 2).reshape(b, -1, d)   # [B, N', D]: video tokens of all segments, then audio
+        xv, xa = self.finish(xv, xa, out, mod_v, mod_a)
+        return xv, xa, (k, v)
+
+    def qkv(self, xv, xa, mod_v, mod_a):
+        """The towers' queries, keys, values [B, H, N, hd] (video tokens, then audio), not rotated, and
+        the towers' modulations with this block's table added (None for a tower without tokens)."""
+        parts = []
+        if xv.shape[2]:
+            mod_v = mod_v + self.video.mod_table
+            parts.append(self.video.qkv_heads(xv, mod_v))
+        if xa.shape[2]:
+            mod_a = mod_a + self.audio.mod_table
+            parts.append(self.audio.qkv_heads(xa, mod_a))
+        if len(parts) == 2:
+            q, k, v = (torch.cat([pv_, pa_], 1) for pv_, pa_ in zip(*parts))
+        else:
+            q, k, v = parts[0]
+        # [B, N, H, hd] -> [B, H, N, hd]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mod_v, mod_a
+
+    def finish(self, xv, xa, out, mod_v, mod_a):
+        """Attention output out [B, H, N', hd] (video tokens of all segments, then audio) -> the towers'
+        residual and MLP: (xv, xa)."""
+        b, s, vt, d = xv.shape
+        out = out.transpose(1, 2).reshape(b, -1, d)   # [B, N', D]
         if vt:
             xv = self.video.finish(xv, out[:, : s * vt], mod_v)
-        if at:
+        if xa.shape[2]:
             xa = self.audio.finish(xa, out[:, s * vt:], mod_a)
-        return xv, xa, (k, v)
+        return xv, xa

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
+import weakref
 from functools import partial
 
 import torch
@@ -63,11 +64,13 @@ from mf.configs import ModelConfig, get_preset
 from mf.constants import MELS_PER_FRAME
 from mf.kv_cache import PREFIX_CHUNK, KVCache
 from mf.layers import DENOISE, PREFIX, WRITE, Block, Layout, PassPlan, ScalarEmbed
+from mf.traced import TracedWrite
 
 # Token groups for the attention rule.
 GROUP_HISTORY = 1   # clean chunks (cache or teacher forcing) and causal inputs: visible to later chunks
 GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their own chunk
 _MEMO_LOCK = threading.Lock()
+_TRACED_WRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> its TracedWrite
 
 
 def _capturing() -> bool:
@@ -112,6 +115,8 @@ class MFTransformer(ModelMixin, ConfigMixin):
         keeps the same fields as ``self.config`` (what ``save_pretrained`` writes)."""
         super().__init__()
         self.model_config = config = ModelConfig(**fields)
+        # CPU inference cache writes run as traces (mf.traced: same bits, no GIL between kernels); False = eager
+        self.traced_cache_write = True
         dim, p, n_mels = config.dim, config.patch_size, config.n_mels
         video_channels, mels_per_audio_token = config.video_channels, config.mels_per_audio_token
         self.head_dim = dim // config.heads
@@ -360,6 +365,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
         if mask is None and ctx is not None:
             mask = self._visibility(layout, ctx_chunk, ctx_key)
         rope = tuple(table.to(xv.dtype) for table in (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp))
+        if plan is WRITE and self.traced_cache_write:
+            traced = self._traced_write()
+            if traced.applies(xv, xa, ctx, mask) and traced.ready(xv, xa, mod_v, mod_a, rope, ctx):
+                return xv, xa, traced.run(xv, xa, mod_v, mod_a, rope, ctx, on_layer)
         kvs = []
         for li, block in enumerate(self.blocks):
             last = li == len(self.blocks) - 1
@@ -368,6 +377,15 @@ class MFTransformer(ModelMixin, ConfigMixin):
                                None if on_layer is None else partial(on_layer, li))
             kvs.append(kv)
         return xv, xa, kvs
+
+    def _traced_write(self) -> TracedWrite:
+        """This model's ``mf.traced.TracedWrite`` (kept outside the module: copies and state dicts never see it)."""
+        with _MEMO_LOCK:
+            traced = _TRACED_WRITES.get(self)
+            if traced is None:
+                config = self.model_config
+                traced = _TRACED_WRITES[self] = TracedWrite(self.blocks, config.window_chunks * config.tokens_per_chunk)
+        return traced
 
     def _split_kvs(self, kvs, layout: Layout, seg: int):
         """Keys/values of one segment out of a pass's [video of all segs; audio of all segs] tokens.

@@ -410,6 +410,18 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
             net.lock.release()
 
 
+def warm_up(studio: Studio) -> float:
+    """Pay a studio's one-time costs before a user's stream: a 1-step stream just long enough for the cache
+    window to fill (the CPU's traced cache write is made at its first full-window write, ``mf.traced``).
+    Returns the seconds it took."""
+    start = time.perf_counter()
+    config = studio.config
+    seconds = (config.window_chunks + 2) * config.frames_per_chunk / FPS
+    for _ in generate(studio, steps=1, seed=0, seconds=min(seconds, studio.max_seconds)):
+        pass
+    return time.perf_counter() - start
+
+
 def generate_clip(studio: Studio, **kwargs) -> tuple[np.ndarray, np.ndarray, list[Chunk]]:
     """Generate a whole clip: (frames uint8 [T, H, W, 3], audio float32 [T * 640], chunks)."""
     chunks = list(generate(studio, **kwargs))
@@ -418,5 +430,5 @@ def generate_clip(studio: Studio, **kwargs) -> tuple[np.ndarray, np.ndarray, lis
     return frames, audio, chunks
 
 
-__all__ = ["Chunk", "Studio", "load_studio", "generate", "generate_clip", "build_conditions", "chunk_seed",
+__all__ = ["Chunk", "Studio", "load_studio", "generate", "generate_clip", "warm_up", "build_conditions", "chunk_seed",
            "character_for", "reference_frame"]

@@ -103,12 +103,16 @@ def test_bench_codec_variant_holds_only_while_its_runs_do():
 
     from eval.bench import _variant
 
-    studio = SimpleNamespace(video_codec=SimpleNamespace(folded_decode=True))
+    studio = SimpleNamespace(video_codec=SimpleNamespace(folded_decode=True),
+                             model=SimpleNamespace(traced_cache_write=True))
     with _variant(studio, "unfolded_decode") as kwargs:
         assert kwargs == {} and studio.video_codec.folded_decode is False
     assert studio.video_codec.folded_decode is True
     with pytest.raises(RuntimeError), _variant(studio, "unfolded_decode"):
         raise RuntimeError("a failed run restores the codec too")
     assert studio.video_codec.folded_decode is True
+    with _variant(studio, "eager_write") as kwargs:
+        assert kwargs == {} and studio.model.traced_cache_write is False and studio.video_codec.folded_decode is True
+    assert studio.model.traced_cache_write is True
     with _variant(studio, "separate") as kwargs:
         assert kwargs == {"write_beside": False, "fuse_cache_write": False}
