@@ -74,6 +74,7 @@ class TracedWrite:
         self._lock = threading.Lock()
         self.traces = self.calls = 0
         self.failed = ""   # why tracing is unavailable, once it failed
+        self._traced_weights: tuple = ()
 
     def applies(self, xv, xa, ctx, mask) -> bool:
         """Whether a write pass runs traced: CPU inference without autocast, both towers with tokens, no
@@ -113,14 +114,22 @@ class TracedWrite:
             warnings.warn(f"cache writes stay eager: tracing failed ({self.failed})", RuntimeWarning, stacklevel=2)
             return False
 
+    def _weights(self) -> tuple:
+        """Where the blocks' weights live: a trace reads its module's parameters as they are updated in place
+        (an optimiser step, ``load_state_dict``), but a parameter replaced by another tensor needs a new trace."""
+        return tuple(p.data_ptr() for p in self.blocks.parameters())
+
     def ready(self, xv, xa, mod_v, mod_a, rope: tuple, ctx) -> bool:
         """Whether this write's pieces are traced (tracing them now if they are not)."""
         if self.failed:
             return False
-        if self._key("keys", 0, (xv, xa, mod_v, mod_a) + tuple(rope[:2])) in self._fns:
+        key, weights = self._key("keys", 0, (xv, xa, mod_v, mod_a) + tuple(rope[:2])), self._weights()
+        if key in self._fns and weights == self._traced_weights:
             return True
         with self._lock:
-            if self._key("keys", 0, (xv, xa, mod_v, mod_a) + tuple(rope[:2])) in self._fns:
+            if weights != self._traced_weights:
+                self._fns, self._traced_weights = {}, weights
+            if key in self._fns:
                 return True
             return self._trace_all(xv, xa, mod_v, mod_a, *rope, ctx)
 

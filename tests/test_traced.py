@@ -106,3 +106,23 @@ def test_without_tracing_the_writes_stay_eager_and_give_the_same_keys(monkeypatc
     assert tw.failed and tw.calls == 0
     for (_, kvs_a), (_, kvs_b) in zip(eager.chunks, fallback.chunks):
         assert all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(kvs_a, kvs_b))
+
+
+def test_a_trace_follows_weights_updated_in_place_and_is_remade_for_replaced_ones():
+    model, cond, chunks = _model_and_chunks(5, seed=3)
+    _fill(model, cond, chunks, traced=True)
+    tw = _TRACED_WRITES[model]
+    made = tw.traces
+    with torch.no_grad():
+        model.blocks[0].video.qkv.weight.mul_(1.5)                      # an optimiser step: same tensor
+    eager, _ = _fill(model, cond, chunks, traced=False)
+    traced, _ = _fill(model, cond, chunks, traced=True)
+    assert tw.traces == made
+    block = model.blocks[1].audio.qkv
+    block.weight = torch.nn.Parameter(block.weight.detach() * 0.5)       # a new tensor: traced again
+    eager2, _ = _fill(model, cond, chunks, traced=False)
+    traced2, _ = _fill(model, cond, chunks, traced=True)
+    assert tw.traces == 2 * made
+    for a, b in ((eager, traced), (eager2, traced2)):
+        for (_, kvs_a), (_, kvs_b) in zip(a.chunks, b.chunks):
+            assert all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(kvs_a, kvs_b))
