@@ -191,7 +191,7 @@ def _summary(all_runs: dict) -> dict:
 def run(args) -> dict:
     import torch
 
-    from mf.pipeline import generate, load_studio
+    from mf.pipeline import load_studio, warm_up
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -210,10 +210,7 @@ def run(args) -> dict:
         warm = time.perf_counter()
         with _variant(studio, name) as kwargs:
             modes[name] = "graph" if kwargs.get("graphs", on_cuda) else "eager"
-            # lazy init, graph capture, and the traced cache write (made at the first full-window write)
-            warm_seconds = (studio.config.window_chunks + 2) * studio.config.frames_per_chunk / 25.0
-            for _ in generate(studio, steps=1, seed=123, seconds=warm_seconds, **kwargs):
-                pass
+            warm_up(studio, **kwargs)   # lazy init, graph capture, the traced cache write
         print(f"variant {name}: mode {modes[name]}, dtype {str(studio.dtype).replace('torch.', '')}, warm-up "
               f"{time.perf_counter() - warm:.2f} s", flush=True)
     # Step counts and variants are interleaved and repeated, so every one sees the same background load;
