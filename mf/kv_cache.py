@@ -29,12 +29,6 @@ def _chunk_ids(prefix, chunks) -> torch.Tensor:
     return torch.cat(ids)
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """The same values by construction: one storage, offset, shape and strides (e.g. a tensor and its detach)."""
-    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-            and a.dtype == b.dtype and a.device == b.device)
-
-
 @dataclass
 class KVCache:
     """Keys/values of the prefix (never evicted) and of the last ``window`` finished chunks, per layer.
@@ -67,24 +61,14 @@ class KVCache:
         self.prefix = kvs
         self._rebuild()
 
-    def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]],
-               view: IncomingContext | None = None) -> None:
-        """Store chunk ``chunk_index``'s keys/values (per layer), dropping the oldest beyond the window.
-
-        ``view``: the ``incoming`` view a pass read while these keys were written; the per-layer contexts it
-        concatenated are this cache's next contexts (the same tensors in the same order, so the same bits)
-        and are kept instead of being concatenated again, when it built every layer from exactly ``kvs``."""
+    def append(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if chunk_index != self.next_chunk:
             raise ValueError(f"cache expects chunk {self.next_chunk}, got {chunk_index}")
-        built = None if view is None else view.built(chunk_index, kvs)
         self.chunks.append((chunk_index, kvs))
         while len(self.chunks) > self.window:
             self.chunks.popleft()
         self.next_chunk = chunk_index + 1
-        if built is None:
-            self._rebuild()
-        else:
-            self._ctx, self._ctx_chunk = built, view.context_chunk_ids
+        self._rebuild()
 
     def incoming(self, chunk_index: int, n_keys: int) -> "IncomingContext":
         """What the next pass will see once chunk ``chunk_index`` (``n_keys`` keys) is written, before its
@@ -145,8 +129,6 @@ class IncomingContext:
         kept = list(cache.chunks) + [(chunk_index, None)]
         self._old = kept[-self.window:][:-1]   # the cached chunks that survive the append, oldest first
         self._new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._contexts: dict[int, tuple] = {}   # per layer, as ``context`` concatenated it
-        self._chunk_index = chunk_index
         self._ready = [threading.Event() for _ in self.prefix]
         self._error: BaseException | None = None
         self.context_key = _context_key(self.prefix, [index for index, _ in self._old] + [chunk_index])
@@ -170,22 +152,8 @@ class IncomingContext:
         return self._new[layer]
 
     def context(self, layer: int) -> tuple:
-        built = self._contexts.get(layer)
-        if built is None:
-            k, v = self._wait(layer)
-            pk, pv = self.prefix[layer]
-            hk = torch.cat([entry[1][layer][0] for entry in self._old] + [k], dim=2)
-            hv = torch.cat([entry[1][layer][1] for entry in self._old] + [v], dim=2)
-            built = self._contexts[layer] = (pk, pv, hk, hv)
-        return built
-
-    def built(self, chunk_index: int, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple] | None:
-        """Every layer's context as ``context`` built it, if it did so for ``chunk_index`` from the storage
-        of exactly ``kvs`` (what ``KVCache.append`` would concatenate); else None."""
-        if chunk_index != self._chunk_index or len(self._contexts) != len(self.prefix) or len(kvs) != len(self.prefix):
-            return None
-        for layer, (k, v) in enumerate(kvs):
-            nk, nv = self._new.get(layer, (None, None))
-            if nk is None or not (_same(nk, k) and _same(nv, v)):
-                return None
-        return [self._contexts[layer] for layer in range(len(self.prefix))]
+        k, v = self._wait(layer)
+        pk, pv = self.prefix[layer]
+        hk = torch.cat([entry[1][layer][0] for entry in self._old] + [k], dim=2)
+        hv = torch.cat([entry[1][layer][1] for entry in self._old] + [v], dim=2)
+        return pk, pv, hk, hv

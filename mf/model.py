@@ -92,23 +92,6 @@ def _signature_of_model_config(init):
     return init
 
 
-@dataclasses.dataclass
-class PreparedWrite:
-    """``MFTransformer.prepare_write``: everything a cache write's blocks read (tokens [B, 1, N, D], adaLN,
-    rotary tables, mask, per-layer context, whether they run traced) and the chunk index it appends."""
-
-    index: int
-    xv: torch.Tensor
-    xa: torch.Tensor
-    mod_v: torch.Tensor | None
-    mod_a: torch.Tensor | None
-    rope: tuple
-    mask: torch.Tensor | None
-    layout: Layout
-    ctx: list
-    traced: bool
-
-
 class _LayerContexts:
     """``cache.context(layer)`` fetched when the layer runs, not before the pass (see ``_run_blocks``)."""
 
@@ -375,13 +358,6 @@ class MFTransformer(ModelMixin, ConfigMixin):
         that layer runs (a cache being written beside this pass hands layer l over when it is ready).
         ``on_layer(li, (k, v))``: called as soon as each block's keys/values exist (before its attention).
         """
-        mod_v, mod_a, mask, rope = self._block_inputs(xv, xa, emb, layout, ctx, ctx_chunk, ctx_key, mask)
-        traced = plan is WRITE and self._write_traced(xv, xa, mod_v, mod_a, rope, ctx, mask)
-        return self._blocks(xv, xa, mod_v, mod_a, rope, ctx, mask, layout, plan, on_layer, traced)
-
-    def _block_inputs(self, xv, xa, emb, layout: Layout, ctx, ctx_chunk: torch.Tensor, ctx_key: tuple,
-                      mask: torch.Tensor | None):
-        """What every block of a pass shares: (mod_v, mod_a [B, S, 6, D] adaLN, mask, rotary tables)."""
         b, s, vt, d = xv.shape
         at = xa.shape[2]
         mod_v = self.video_mod(emb).view(b, s, 6, d) if vt else None   # [B, S, 6, D] shared adaLN
@@ -389,20 +365,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
         if mask is None and ctx is not None:
             mask = self._visibility(layout, ctx_chunk, ctx_key)
         rope = tuple(table.to(xv.dtype) for table in (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp))
-        return mod_v, mod_a, mask, rope
-
-    def _write_traced(self, xv, xa, mod_v, mod_a, rope: tuple, ctx, mask) -> bool:
-        """Whether this write's blocks run as ``mf.traced`` traces (tracing them now if they are not yet)."""
-        if not self.traced_cache_write:
-            return False
-        traced = self._traced_write()
-        return traced.applies(xv, xa, ctx, mask) and traced.ready(xv, xa, mod_v, mod_a, rope, ctx)
-
-    def _blocks(self, xv, xa, mod_v, mod_a, rope: tuple, ctx, mask, layout: Layout, plan: PassPlan, on_layer,
-                traced: bool = False):
-        """The blocks of ``_run_blocks`` after ``_block_inputs``; ``traced``: a write's, as traces."""
-        if traced:
-            return xv, xa, self._traced_write().run(xv, xa, mod_v, mod_a, rope, ctx, on_layer)
+        if plan is WRITE and self.traced_cache_write:
+            traced = self._traced_write()
+            if traced.applies(xv, xa, ctx, mask) and traced.ready(xv, xa, mod_v, mod_a, rope, ctx):
+                return xv, xa, traced.run(xv, xa, mod_v, mod_a, rope, ctx, on_layer)
         kvs = []
         for li, block in enumerate(self.blocks):
             last = li == len(self.blocks) - 1
@@ -525,18 +491,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
         """Store one finished (clean) chunk in ``cache`` with a t = d = 0 pass; returns the cache.
 
         ``on_layer(li, (k, v))``: each layer's keys/values as soon as they exist (``KVCache.incoming``'s
-        ``publish``: a pass in another thread reads them before the whole write is done).
-        Exactly ``prepare_write``, then ``run_write``, then ``cache.append``."""
-        prepared = self.prepare_write(video, audio, cond, cache)
-        cache.append(prepared.index, self.run_write(prepared, on_layer))
-        return cache
-
-    def prepare_write(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions,
-                      cache: KVCache) -> PreparedWrite:
-        """A cache write up to its blocks: the chunk's tokens, the t = d = 0 adaLN, layout, mask, rotary tables
-        and per-layer context, and the traces it runs (made now if new). ``mf.sampler`` prepares a write in the
-        sampler's thread and runs only its blocks beside the next pass: on the CPU those are traces that hold
-        no GIL, so the two threads do not take turns at it."""
+        ``publish``: a pass in another thread reads them before the whole write is done)."""
         xv, xa = self._embed_chunks(video, audio, cond)
         b, s = xv.shape[:2]
         if s != 1:
@@ -546,17 +501,10 @@ class MFTransformer(ModelMixin, ConfigMixin):
         index = cache.next_chunk
         layout, mask = self._cache_pass(cache, [index], [GROUP_HISTORY], xv.device)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
-        mod_v, mod_a, mask, rope = self._block_inputs(xv, xa, emb, layout, ctx, cache.context_chunk_ids,
-                                                      cache.context_key, mask)
-        traced = self._write_traced(xv, xa, mod_v, mod_a, rope, ctx, mask)
-        return PreparedWrite(index, xv, xa, mod_v, mod_a, rope, mask, layout, ctx, traced)
-
-    def run_write(self, prepared: PreparedWrite, on_layer=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The blocks of a prepared write: the keys/values of every layer (``cache.append`` stores them)."""
-        p = prepared
-        _, _, kvs = self._blocks(p.xv, p.xa, p.mod_v, p.mod_a, p.rope, p.ctx, p.mask, p.layout, WRITE, on_layer,
-                                 p.traced)
-        return [(k.detach(), v.detach()) for k, v in kvs]
+        _, _, kvs = self._run_blocks(xv, xa, emb, layout, ctx, cache.context_chunk_ids, cache.context_key,
+                                     plan=WRITE, mask=mask, on_layer=on_layer)
+        cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
+        return cache
 
     def forward_teacher_forcing(self, noisy_video, noisy_audio, clean_video, clean_audio, t, d, cond: Conditions):
         """Training pass over [prefix; clean chunks 0..K-1; noisy chunks 0..K-1] in one forward.

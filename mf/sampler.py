@@ -192,31 +192,24 @@ def _velocity(model: MFTransformer, cache: KVCache, cond_in: Conditions, x_v: to
 
 def _step_beside_write(model: MFTransformer, cache: KVCache, pending: PendingWrite, executor: Executor,
                        in_v: torch.Tensor, in_a: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond_in: Conditions):
-    """``write_cache(pending)`` with its blocks in the executor's thread while this thread runs the pass on
-    ``cache.incoming(...)``: its layer l waits for the write's layer l only. Returns the pass's velocity.
-
-    The write's set-up (embedding, layout, context: ``prepare_write``) runs here, before the pass, and the
-    cache append after it, reusing the contexts the pass concatenated: the other thread runs the blocks
-    alone (traced on the CPU, ``mf.traced``), so the two threads do not take turns at the GIL."""
+    """``write_cache(pending)`` in the executor's thread while this thread runs the pass on
+    ``cache.incoming(...)``: its layer l waits for the write's layer l only. Returns the pass's velocity."""
     view = cache.incoming(cache.next_chunk, model.model_config.tokens_per_chunk)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()  # thread-local modes
-    prepared = model.prepare_write(pending.video, pending.audio, pending.cond, cache)
 
     def write():
         try:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                return model.run_write(prepared, on_layer=view.publish)
+                model.write_cache(pending.video, pending.audio, pending.cond, cache, on_layer=view.publish)
         except BaseException as exc:
             view.fail(exc)
             raise
 
     job = executor.submit(write)
     try:
-        u = model(in_v, in_a, t, d, cond_in, kv_cache=view)
+        return model(in_v, in_a, t, d, cond_in, kv_cache=view)
     finally:
-        kvs = job.result()  # a failed write raises here
-    cache.append(prepared.index, kvs, view=view)  # the cache holds the write before anyone reads it
-    return u
+        job.result()  # the cache holds the write before anyone reads it; a failed write raises here
 
 
 def flush_pending(model: MFTransformer, cache: KVCache, pending: PendingWrite | None) -> int:

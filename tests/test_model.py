@@ -204,51 +204,6 @@ def test_a_pass_reading_a_cache_while_it_is_written_beside_it_equals_one_run_aft
         beside.incoming(0, cfg.tokens_per_chunk)
 
 
-def test_a_write_appended_through_the_view_its_pass_read_keeps_those_contexts_bit_for_bit(model):
-    """prepare_write here, run_write beside the pass, cache.append(..., view=view): the same velocities and
-    the same cache as write_cache then forward; the appended cache keeps the contexts the pass concatenated
-    (the same tensors, not a second concatenation), equal to a rebuilt cache's bit for bit."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    cfg = model.model_config
-    fc, mc = cfg.frames_per_chunk, cfg.mels_per_chunk
-    k_total = cfg.window_chunks + 3
-    cv, ca, nv, na, t, d, cond = make_inputs(model, k=k_total)
-    with torch.no_grad(), ThreadPoolExecutor(1) as pool:
-        after, beside = model.new_cache(cond), model.new_cache(cond)
-        for k in range(1, k_total):
-            clean = (chunk(cv, k - 1, fc), chunk(ca, k - 1, mc), cond.chunk_slice(k - 1, 1, fc))
-            noisy = (chunk(nv, k, fc), chunk(na, k, mc), t[:, k:k + 1], d[:, k:k + 1], cond.chunk_slice(k, 1, fc))
-            model.write_cache(*clean, after)
-            ref = model(*noisy, kv_cache=after)
-            view = beside.incoming(k - 1, cfg.tokens_per_chunk)
-            prepared = model.prepare_write(*clean, beside)
-            job = pool.submit(model.run_write, prepared, on_layer=view.publish)
-            out = model(*noisy, kv_cache=view)
-            beside.append(prepared.index, job.result(), view=view)
-            for x, y in zip(out, ref):
-                assert torch.equal(x, y)
-            for layer in range(cfg.depth):
-                assert beside.context(layer) is view.context(layer)   # kept, not concatenated again
-                for x, y in zip(beside.context(layer), after.context(layer)):
-                    assert torch.equal(x, y)
-            assert torch.equal(beside.context_chunk_ids, after.context_chunk_ids)
-            assert beside.context_key == after.context_key
-    # a view whose keys are not the appended ones is not reused: the cache concatenates its own
-    cache = model.new_cache(cond)
-    model.write_cache(chunk(cv, 0, fc), chunk(ca, 0, mc), cond.chunk_slice(0, 1, fc), cache)
-    view = cache.incoming(1, cfg.tokens_per_chunk)
-    with torch.no_grad():
-        prepared = model.prepare_write(chunk(cv, 1, fc), chunk(ca, 1, mc), cond.chunk_slice(1, 1, fc), cache)
-        kvs = model.run_write(prepared, on_layer=view.publish)
-        model(chunk(nv, 2, fc), chunk(na, 2, mc), t[:, 2:3], d[:, 2:3], cond.chunk_slice(2, 1, fc), kv_cache=view)
-    other = [(k.clone(), v.clone()) for k, v in kvs]
-    assert view.built(1, other) is None and view.built(2, kvs) is None and view.built(1, kvs) is not None
-    cache.append(1, other, view=view)
-    assert all(cache.context(layer) is not view.context(layer) for layer in range(cfg.depth))
-    assert all(torch.equal(cache.context(layer)[2], view.context(layer)[2]) for layer in range(cfg.depth))
-
-
 def test_a_pass_waiting_on_a_failed_write_raises(model):
     cv, ca, nv, na, t, d, cond = make_inputs(model, k=2)
     cfg = model.model_config

@@ -138,8 +138,8 @@ def test_chunks_cover_the_requested_length_with_matching_audio(studio):
 
 
 class CallCounter:
-    def __init__(self, model, monkeypatch, names=("forward", "write_cache", "step_and_write")):
-        self.calls = {name: 0 for name in names}
+    def __init__(self, model, monkeypatch):
+        self.calls = {"forward": 0, "write_cache": 0, "step_and_write": 0}
         for name in self.calls:
             original = getattr(model, name)
 
@@ -286,14 +286,11 @@ def test_history_longer_than_the_clip_is_rejected(studio):
 
 
 def test_the_write_beside_the_first_pass_gives_the_separate_write_bit_for_bit(studio, monkeypatch):
-    counter = CallCounter(studio.model, monkeypatch, ("forward", "write_cache", "step_and_write", "prepare_write",
-                                                      "run_write"))
+    counter = CallCounter(studio.model, monkeypatch)
     beside = run(studio, seed=4, steps=3, seconds=0.6, write_beside=True)   # 0.6 s > the micro window
     n = len(beside)
-    # every write but the last chunk's: its set-up in the sampler thread, its blocks in the writer thread
-    # while the next chunk's first pass reads them
-    assert counter.calls == {"forward": 3 * n, "write_cache": 0, "step_and_write": 0, "prepare_write": n - 1,
-                             "run_write": n - 1}
+    # every write but the last chunk's runs in the writer thread while the next chunk's first pass reads it
+    assert counter.calls == {"forward": 3 * n, "write_cache": n - 1, "step_and_write": 0}
     separate = run(studio, seed=4, steps=3, seconds=0.6, fuse_cache_write=False, lookahead=False)
     fused = run(studio, seed=4, steps=3, seconds=0.6, fuse_cache_write=True, write_beside=False)
     assert n > studio.config.window_chunks + 1, "the stream must evict from the cache"
@@ -315,7 +312,7 @@ def test_the_cpu_output_does_not_depend_on_whether_a_core_is_spare(studio, monke
 
 
 def test_a_failing_write_beside_the_pass_raises_its_error_instead_of_hanging(studio, monkeypatch):
-    original = studio.model.run_write   # the write's blocks, in the writer thread
+    original = studio.model.write_cache
     calls = []
 
     def broken(*args, **kwargs):
@@ -324,7 +321,7 @@ def test_a_failing_write_beside_the_pass_raises_its_error_instead_of_hanging(stu
             raise RuntimeError("disk on fire")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(studio.model, "run_write", broken)
+    monkeypatch.setattr(studio.model, "write_cache", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run(studio, seed=1, steps=2, seconds=0.28, write_beside=True)
 
