@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=4)
     args = p.parse_args(argv)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: finds mf
     import numpy as np
     import torch
 
