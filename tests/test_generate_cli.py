@@ -75,9 +75,30 @@ def test_bench_reports_speed_ratio_first_chunk_memory_and_floors(tmp_path):
     assert set(result["rss_mb"]) == {"0.16s", "0.32s"} and result["rss60_over_rss10"] > 0
     assert result["trained"] is False and result["hardware"]["torch_threads"] == 1
     assert set(result["floors_passed"]) == {"rtf_4", "ratio_50_over_4", "first_chunk_seconds", "rss60_over_rss10"}
+    assert set(result["floors_uncertain"]) <= {"rtf_4", "ratio_50_over_4"}
+    assert len(result["ratio_50_over_4_drift_per_repeat"]) == 3   # bracketed by a second 4-step run
     passes = result["pass_ms"]
     assert all(passes[k]["first"] > 0 and passes[k]["rest"] > 0 for k in ("4", "50"))
     assert passes["ratio_50_over_4_from_passes"] > 1
+
+
+def test_bench_ratio_divides_by_the_mean_of_the_4_step_runs_around_the_50_step_run_and_flags_a_split_verdict():
+    from eval.bench import _summary, _verdict
+
+    def run(wall):
+        return {"wall_seconds": wall, "rtf": wall / 10, "cpu_seconds": wall, "nfe": 1, "model_cpu_seconds": wall,
+                "passes": dict(first=[0.02], rest=[0.02], first_cpu=[0.02], rest_cpu=[0.02], after_steps=[0.0])}
+
+    # a machine slowing down during each repeat: 4-step 5 s before, 6 s after, 50-step 60 s in between
+    runs = {"4": [run(5.0), run(5.0)], "50": [run(60.0), run(66.0)]}
+    out = _summary(runs, [run(6.0), run(5.0)])
+    assert out["ratio_50_over_4_per_repeat"] == pytest.approx([60 / 5.5, 66 / 5.0])
+    assert out["ratio_50_over_4_drift_per_repeat"] == pytest.approx([1 / 5.5, 0.0])
+    assert _summary(runs)["ratio_50_over_4_per_repeat"] == pytest.approx([12.0, 13.2])   # unbracketed
+    assert _verdict([11.2, 11.5], 11.0, at_most=False) == "pass"
+    assert _verdict([10.2, 10.9], 11.0, at_most=False) == "fail"
+    assert _verdict([10.2, 11.5, 12.0], 11.0, at_most=False) == "uncertain"
+    assert _verdict([0.5, 0.9], 1.0, at_most=True) == "pass" and _verdict([0.9, 1.1], 1.0, at_most=True) == "uncertain"
 
 
 def test_pass_breakdown_pools_repeats_and_implies_the_model_time_ratio():
