@@ -233,7 +233,8 @@ def run(args) -> dict:
               f"{time.perf_counter() - warm:.2f} s", flush=True)
     # Step counts and variants are interleaved and repeated, so every one sees the same background load;
     # each step count keeps its fastest repeat (other processes only ever add time), and the 50/4 ratio
-    # is taken per repeat (its two runs are adjacent) with the median over repeats.
+    # is taken per repeat (the 50-step wall over the 4-step walls just before and, bracketed, just after it)
+    # with the median over repeats.
     all_runs = {name: {str(s): [] for s in args.steps} for name in args.variants}
     bracket = args.bracket and {4, 50} <= set(args.steps)
     after4: dict[str, list[dict]] = {name: [] for name in args.variants}
