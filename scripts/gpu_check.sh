@@ -37,7 +37,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
     for name, v in (r.get("variants") or {r["variant"]: r}).items():
         print(f"{f.name} {name}: device {v['device']} dtype {v['dtype']} mode {v['mode']} rtf {v['rtf']} "
               f"ratio_50_over_4 median {v.get('ratio_50_over_4')} per repeat {v.get('ratio_50_over_4_per_repeat')}")
-    print(f"{f.name} floors_passed {r['floors_passed']} (gpu {r['hardware'].get('gpu')})")
+    print(f"{f.name} floors_passed {r['floors_passed']} uncertain {r.get('floors_uncertain')} (gpu {r['hardware'].get('gpu')})")
 PY
 if [ -n "${OUT:-}" ]; then cp "$DEST"/* "$OUT"/; fi
 echo "output in $DEST"
