@@ -6,8 +6,10 @@ k+1's first pass (``mf.sampler.sample_chunk(write_beside=...)``); run eagerly, t
 GIL back and forth at every kernel and that first pass costs 0.4-0.5 of a pass extra although it never
 waits for the write's keys. Traced, each piece of the write is one call that runs its kernels in C++
 with the GIL released, so the write no longer competes with the pass for the GIL: that pass's extra fell
-to 0.33 of a pass (about 3 ms less, in three ``eval.bench --variants default eager_write`` runs); the
-rest is the pass's own per-chunk work, there even beside a writer that computes nothing.
+to 0.33 of a pass (about 3 ms less, in three ``eval.bench --variants default eager_write`` runs). What is
+left: about 3 ms of the pass's own per-chunk work (there even beside a writer that computes nothing) and
+the GIL turns the pass still takes with the write's eager set-up and cache append, around these traces
+(a profile: 12.7 ms between kernels in that pass against 6.0 serial; docs/ARCHITECTURE.md).
 
 What is traced: per block, two pieces of ``mf.layers.Block`` (``_Keys``: adaLN, qkv and the keys'
 rotation; ``_Rest``: the queries' rotation, attention over the context, residual and MLP), so the keys
