@@ -210,28 +210,43 @@ class MFTransformer(ModelMixin, ConfigMixin):
 
     def _make_layout(self, chunks, groups, device, with_video, with_audio) -> Layout:
         config = self.model_config
-        grid = config.latent_size // config.patch_size
         fc = config.frames_per_chunk if with_video else 0
         tpf = config.tokens_per_frame
         at = config.audio_tokens_per_chunk if with_audio else 0
+        # what does not depend on the chunks' positions: computed once per pass shape (a new chunk's first pass
+        # then computes only its time rotation; same ops on the same values as computing it all, same bits)
+        static = self._memo("_layout_static_memo", (len(chunks), fc, at, str(device)),
+                            lambda: self._layout_static(len(chunks), fc, at, device))
+        ang_y, ang_x, cos_sp, sin_sp, token_seg = static
         chunk_t = torch.tensor(chunks, dtype=torch.float32, device=device)
-        # video: frame index (in frames) and patch row/col
+        # video: frame index (in frames); audio: first mel of the token's group, in frames (4 mels per frame)
         frame = (chunk_t[:, None] * fc + torch.arange(fc, device=device)).repeat_interleave(tpf, dim=1)
-        rows = torch.arange(grid, device=device).repeat_interleave(grid).float()
-        cols = torch.arange(grid, device=device).repeat(grid).float()
-        v_yx = torch.stack([rows, cols], dim=-1).repeat(fc * len(chunks), 1)
-        # audio: first mel of the token's group, in frames (4 mels per frame)
         mel = chunk_t[:, None] * config.mels_per_chunk + torch.arange(at, device=device) * config.mels_per_audio_token
         a_time = mel / MELS_PER_FRAME
-        a_yx = torch.full((a_time.numel(), 2), (grid - 1) / 2.0, device=device)
         time_pos = torch.cat([frame.reshape(-1), a_time.reshape(-1)])
-        yx = torch.cat([v_yx, a_yx])
-        cos, sin, cos_sp, sin_sp = self._rope_tables(time_pos, yx)
-        seg = torch.arange(len(chunks), device=device)
-        token_seg = torch.cat([seg.repeat_interleave(fc * tpf), seg.repeat_interleave(at)])
+        ang_t = time_pos[:, None] * self.time_freqs
+        full = torch.cat([ang_t, ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
         ch = torch.tensor(chunks, dtype=torch.long, device=device)
         gr = torch.tensor(groups, dtype=torch.long, device=device)
-        return Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
+        return Layout(chunks, groups, full.cos(), full.sin(), cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
+
+    def _layout_static(self, n_chunks: int, fc: int, at: int, device) -> tuple:
+        """The position-free part of ``_make_layout`` for ``n_chunks`` segments: the spatial angles, the
+        space-only rotary tables (``_rope_tables``' ops) and each token's segment."""
+        config = self.model_config
+        grid = config.latent_size // config.patch_size
+        rows = torch.arange(grid, device=device).repeat_interleave(grid).float()
+        cols = torch.arange(grid, device=device).repeat(grid).float()
+        v_yx = torch.stack([rows, cols], dim=-1).repeat(fc * n_chunks, 1)
+        a_yx = torch.full((n_chunks * at, 2), (grid - 1) / 2.0, device=device)
+        yx = torch.cat([v_yx, a_yx])
+        ang_y = yx[:, 0:1] * self.space_freqs
+        ang_x = yx[:, 1:2] * self.space_freqs
+        n_time = self.time_freqs.numel()
+        space = torch.cat([yx.new_zeros(yx.shape[0], n_time), ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
+        seg = torch.arange(n_chunks, device=device)
+        token_seg = torch.cat([seg.repeat_interleave(fc * config.tokens_per_frame), seg.repeat_interleave(at)])
+        return ang_y, ang_x, space.cos(), space.sin(), token_seg
 
     def _cache_pass(self, cache, chunks: list[int], groups: list[int], device, with_video: bool = True,
                     with_audio: bool = True) -> tuple[Layout, torch.Tensor | None]:
@@ -243,9 +258,13 @@ class MFTransformer(ModelMixin, ConfigMixin):
         return self._layout(chunks, groups, device, with_video, with_audio), None
 
     def _visibility(self, layout: Layout, ctx_chunk: torch.Tensor, ctx_key: tuple) -> torch.Tensor | None:
-        """Boolean [Nq, Nctx + Nq] attention mask (None when every key is visible). Memoised."""
-        key = (tuple(layout.chunks), tuple(layout.groups), int(layout.token_seg.numel()), ctx_key,
-               str(ctx_chunk.device))
+        """Boolean [Nq, Nctx + Nq] attention mask (None when every key is visible). Memoised by chunk positions
+        relative to the pass's first chunk: the rule compares chunk ids only with each other (and the prefix's
+        mark), so every chunk of steady streaming finds the mask of the chunk before it."""
+        base = layout.chunks[0] if layout.chunks else 0
+        relative_ctx = ctx_key[:1] + tuple(index - base for index in ctx_key[1:])   # (prefix keys, chunks...)
+        key = (tuple(c - base for c in layout.chunks), tuple(layout.groups), int(layout.token_seg.numel()),
+               relative_ctx, str(ctx_chunk.device))
         return self._memo("_mask_memo", key, lambda: self._make_visibility(layout, ctx_chunk))
 
     def _make_visibility(self, layout: Layout, ctx_chunk: torch.Tensor) -> torch.Tensor | None:

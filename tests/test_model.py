@@ -320,3 +320,31 @@ def test_timestamps_are_relative_and_the_prefix_is_timeless(model):
     scale = a[0].abs().max()
     torch.testing.assert_close(b[0], a[0], rtol=1e-3, atol=1e-3 * scale)
     torch.testing.assert_close(b[1], a[1], rtol=1e-3, atol=1e-3 * scale)
+
+
+def test_memoised_layouts_and_masks_equal_the_rule_computed_afresh(model):
+    """A new chunk's pass reuses the position-free part of its layout and the mask of any pass with the same
+    chunk positions relative to its first chunk; both must equal what computing them from scratch gives."""
+    from mf.model import GROUP_HISTORY, GROUP_NOISY
+
+    cfg = model.model_config
+    w, n = cfg.window_chunks, cfg.tokens_per_chunk
+    fresh = randomized(MFTransformer.from_preset("micro"))   # empty memos
+    for chunks, groups in (([7], [GROUP_HISTORY]), ([30], [GROUP_HISTORY]), ([3, 4], [GROUP_HISTORY, GROUP_NOISY])):
+        model._layout([0] * len(chunks), groups, "cpu")      # the memo holds another position's layout first
+        got = model._layout(chunks, groups, "cpu")
+        want = fresh._make_layout(chunks, groups, "cpu", True, True)
+        for field in ("cos", "sin", "cos_sp", "sin_sp", "token_chunk", "token_group", "token_seg"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), field
+    cases = []   # (query chunk, cached chunk indices): steady windows, a filling one, one too old for the window
+    for q in (5, 6, 40):
+        cases.append((q, list(range(q - w, q))))
+    cases += [(1, [0]), (9, [6, 8]), (12, [8, 11])]
+    for q, cached in cases:
+        prefix = 3
+        ids = torch.cat([torch.full((prefix,), -(10**9))] + [torch.full((n,), i) for i in cached])
+        key = (prefix,) + tuple(cached)
+        layout = model._layout([q], [GROUP_HISTORY], "cpu")
+        got = model._visibility(layout, ids, key)
+        want = fresh._make_visibility(fresh._make_layout([q], [GROUP_HISTORY], "cpu", True, True), ids)
+        assert (got is None) == (want is None) and (got is None or torch.equal(got, want)), (q, cached)
