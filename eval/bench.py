@@ -58,9 +58,7 @@ VARIANTS = {"default": {}, "graph": {"graphs": True}, "eager": {"graphs": False}
             # the video decoder as diffusers runs it (upsample, then conv), not folded (mf.codecs.video)
             "unfolded_decode": {"video_codec": {"folded_decode": False}},
             # the CPU cache write eager, not traced (mf.traced: same bits; the traced write holds no GIL)
-            "eager_write": {"model": {"traced_cache_write": False}},
-            # the CPU's denoising passes over a written cache eager, not as one trace (mf.traced: same bits)
-            "eager_denoise": {"model": {"traced_denoise": False}}}
+            "eager_write": {"model": {"traced_cache_write": False}}}
 
 
 @contextmanager

@@ -64,14 +64,13 @@ from mf.configs import ModelConfig, get_preset
 from mf.constants import MELS_PER_FRAME
 from mf.kv_cache import PREFIX_CHUNK, KVCache
 from mf.layers import DENOISE, PREFIX, WRITE, Block, Layout, PassPlan, ScalarEmbed
-from mf.traced import TracedPass, TracedWrite
+from mf.traced import TracedWrite
 
 # Token groups for the attention rule.
 GROUP_HISTORY = 1   # clean chunks (cache or teacher forcing) and causal inputs: visible to later chunks
 GROUP_NOISY = 2     # noisy chunks of teacher forcing: visible only inside their own chunk
 _MEMO_LOCK = threading.Lock()
 _TRACED_WRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> its TracedWrite
-_TRACED_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> its TracedPass
 
 
 def _capturing() -> bool:
@@ -118,8 +117,6 @@ class MFTransformer(ModelMixin, ConfigMixin):
         self.model_config = config = ModelConfig(**fields)
         # CPU inference cache writes run as traces (mf.traced: same bits, no GIL between kernels); False = eager
         self.traced_cache_write = True
-        # CPU inference passes of one chunk over a full window of written cache run as one trace (same bits)
-        self.traced_denoise = True
         dim, p, n_mels = config.dim, config.patch_size, config.n_mels
         video_channels, mels_per_audio_token = config.video_channels, config.mels_per_audio_token
         self.head_dim = dim // config.heads
@@ -294,22 +291,17 @@ class MFTransformer(ModelMixin, ConfigMixin):
         """t, d [B, S] -> [B, S, D]."""
         return self.t_embed(t) + self.d_embed(d) + self.attr_embed(attributes)[:, None, :]
 
-    def _check_phone_ids(self, ids: torch.Tensor, n_seg: int) -> None:
+    def _phone_features(self, cond: Conditions, n_seg: int):
+        """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
         config = self.model_config
+        b = cond.batch_size
+        ids = cond.phone_ids
         if ids.shape[1] != n_seg * config.mels_per_chunk:
             raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, "
                              f"the chunks need {n_seg * config.mels_per_chunk}")
         if ids.numel() and not _capturing() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
             raise ValueError(f"phone_ids must lie in [0, {config.n_phonemes}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")
-
-    def _phone_features(self, cond: Conditions, n_seg: int):
-        """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
-        config = self.model_config
-        b = cond.batch_size
-        ids = cond.phone_ids
-        if not torch.jit.is_tracing():   # a traced pass checks them before it runs (forward)
-            self._check_phone_ids(ids, n_seg)
         dropped = cond.text_dropped.view(b, 1, 1, 1)
         v = self.video_phone(ids).view(b, n_seg, config.frames_per_chunk, MELS_PER_FRAME, -1).mean(3)
         a = self.audio_phone(ids).view(b, n_seg, config.audio_tokens_per_chunk, config.mels_per_audio_token, -1).mean(3)
@@ -491,10 +483,6 @@ class MFTransformer(ModelMixin, ConfigMixin):
         Chunk k of the input sees the prefix, the cached chunks inside its window, the earlier input
         chunks inside its window (block-causal) and itself.
         """
-        if kv_cache is not None and self.traced_denoise:
-            out = self._traced_forward(video, audio, t, d, cond, kv_cache)
-            if out is not None:
-                return out
         xv, xa = self._embed_chunks(video, audio, cond)
         b, s = xv.shape[:2]
         t, d = self._check_td(t, d, b, s, xv.device, torch.float32)
@@ -516,50 +504,6 @@ class MFTransformer(ModelMixin, ConfigMixin):
         emb = self._cond_embed(t, d, cond.attributes)
         xv, xa, _ = self._run_blocks(xv, xa, emb, layout, ctx, ids, key, mask=mask)
         return self._output(xv, xa, emb)
-
-    def _chunk_pass(self, video, audio, t, d, cond: Conditions, rope: tuple, ctx: list):
-        """``forward``'s arithmetic for one chunk whose every key is visible, over ready per-layer context
-        tuples: what ``mf.traced.TracedPass`` traces (the checks, layout and mask stay outside). t, d [B, 1]."""
-        xv, xa = self._embed_chunks(video, audio, cond)
-        emb = self._cond_embed(t, d, cond.attributes)
-        b, s, _, dim = xv.shape
-        mod_v = self.video_mod(emb).view(b, s, 6, dim)
-        mod_a = self.audio_mod(emb).view(b, s, 6, dim)
-        last = len(self.blocks) - 1
-        for li, block in enumerate(self.blocks):
-            xv, xa, _ = block(xv, xa, mod_v, mod_a, rope, ctx[li], None, None, DENOISE, li == last)
-        return self._output(xv, xa, emb)
-
-    def _traced_forward(self, video, audio, t, d, cond: Conditions, kv_cache):
-        """``forward`` as one trace (``mf.traced.TracedPass``) when the pass has the shape of steady CPU streaming:
-        inference without autocast, one chunk of both modalities, a written cache (not a view being written)
-        holding a full window, every key visible. None otherwise (the caller runs the eager pass)."""
-        config = self.model_config
-        if (video is None or audio is None or video.device.type != "cpu" or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu") or type(kv_cache) is not KVCache
-                or video.dtype != torch.float32 or video.shape[1:] != (config.frames_per_chunk, config.video_channels,
-                                                                       config.latent_size, config.latent_size)
-                or audio.shape != (video.shape[0], config.mels_per_chunk, config.n_mels)):
-            return None   # not the steady shape (or a wrong one, which the eager pass reports)
-        prefix = kv_cache.context_key[0]
-        if kv_cache.context_chunk_ids.numel() - prefix != config.window_chunks * config.tokens_per_chunk:
-            return None
-        b = video.shape[0]
-        if kv_cache.prefix[0][0].shape[0] != b or cond.phone_ids.shape[0] != b:
-            return None   # the eager pass says what is wrong
-        layout = self._layout([kv_cache.next_chunk], [GROUP_HISTORY], video.device)
-        if self._visibility(layout, kv_cache.context_chunk_ids, kv_cache.context_key) is not None:
-            return None
-        t, d = self._check_td(t, d, b, 1, video.device, torch.float32)
-        self._check_phone_ids(cond.phone_ids, 1)
-        ctx = [tensor for li in range(len(self.blocks)) for tensor in kv_cache.context(li)]
-        inputs = (video, audio, t, d, cond.ref_latent, cond.attributes, cond.phone_ids, cond.text_dropped,
-                  layout.cos, layout.sin, layout.cos_sp, layout.sin_sp, *ctx)
-        with _MEMO_LOCK:
-            traced = _TRACED_PASSES.get(self)
-            if traced is None:
-                traced = _TRACED_PASSES[self] = TracedPass(self)
-        return traced.run(inputs)
 
     def write_cache(self, video: torch.Tensor, audio: torch.Tensor, cond: Conditions, cache: KVCache,
                     on_layer=None) -> KVCache:

@@ -411,15 +411,14 @@ def generate(studio: Studio, steps: int = 4, seed: int = 0, seconds: float = 5.0
 
 
 def warm_up(studio: Studio, **kwargs) -> float:
-    """Pay a studio's one-time costs before a user's stream: a 2-step stream just long enough for the cache
-    window to fill (the CPU's traces, ``mf.traced``: the cache write's at its first full-window write, the
-    denoising pass's at the first pass over a full written window, a chunk's second step; lazy folds; CUDA
-    graph capture). ``kwargs``: more ``generate`` arguments (a path to warm, e.g. graphs).
+    """Pay a studio's one-time costs before a user's stream: a 1-step stream just long enough for the cache
+    window to fill (the CPU's traced cache write is made at its first full-window write, ``mf.traced``;
+    lazy folds; CUDA graph capture). ``kwargs``: more ``generate`` arguments (a path to warm, e.g. graphs).
     Returns the seconds it took."""
     start = time.perf_counter()
     config = studio.config
     seconds = (config.window_chunks + 2) * config.frames_per_chunk / FPS
-    for _ in generate(studio, steps=2, seed=0, seconds=min(seconds, studio.max_seconds), **kwargs):
+    for _ in generate(studio, steps=1, seed=0, seconds=min(seconds, studio.max_seconds), **kwargs):
         pass
     return time.perf_counter() - start
 

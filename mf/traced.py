@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import threading
 import warnings
-import weakref
 
 import torch
 import torch.nn as nn
 
-from mf.conditions import Conditions
 from mf.layers import apply_rope, attend
 
 
@@ -159,82 +157,4 @@ class TracedWrite:
         return kvs
 
 
-
-
-class _Pass(nn.Module):
-    """One denoising pass of one chunk over ready context (``MFTransformer._chunk_pass``) as a module whose
-    parameters and buffers are the model's own tensors (so a trace reads them as attributes and follows
-    in-place updates) without holding the model itself (the owner keeps it in a weak dictionary)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self._owner = weakref.ref(model)
-        for i, p in enumerate(model.parameters()):
-            self.register_parameter(f"p{i}", p)
-        for i, b in enumerate(model.buffers()):
-            self.register_buffer(f"b{i}", b, persistent=False)
-
-    def forward(self, video, audio, t, d, ref_latent, attributes, phone_ids, text_dropped, cos, sin, cos_sp,
-                sin_sp, *ctx):
-        model = self._owner()
-        cond = Conditions(ref_latent, attributes, phone_ids, text_dropped)
-        layers = [tuple(ctx[4 * li: 4 * li + 4]) for li in range(len(ctx) // 4)]
-        return model._chunk_pass(video, audio, t, d, cond, (cos, sin, cos_sp, sin_sp), layers)
-
-
-class TracedPass:
-    """``MFTransformer.forward`` of one chunk over a full window of written cache, as one TorchScript trace:
-    the whole pass (embeddings, blocks, output) runs from C++ with the GIL released, without the Python
-    between its kernels. Same kernels in the same order as the eager pass: the same bits.
-
-    ``run(*inputs)`` traces on the first call of a shape (one trace per batch size and prefix length), under
-    the caller's ``torch.no_grad``; ``traces`` counts traces made, ``calls`` passes run traced. A model whose
-    tracing failed runs eagerly (``failed`` says why; a ``RuntimeWarning`` once).
-    """
-
-    def __init__(self, model: nn.Module):
-        self._owner = weakref.ref(model)
-        self.module = None
-        self._fns: dict = {}
-        self._lock = threading.Lock()
-        self._traced_weights: tuple = ()
-        self.traces = self.calls = 0
-        self.failed = ""
-
-    def _weights(self) -> tuple:
-        """Where the model's weights live: a trace reads its parameters as they are updated in place (an
-        optimiser step, ``load_state_dict``), but a parameter replaced by another tensor needs a new trace."""
-        return tuple(p.data_ptr() for p in self._owner().parameters())
-
-    def run(self, inputs: tuple):
-        """(u_video, u_audio) of the traced pass on ``inputs`` (``_Pass.forward``'s arguments), or None when
-        tracing is unavailable (the caller then runs the eager pass)."""
-        if self.failed:
-            return None
-        key, weights = _shapes(inputs), self._weights()
-        fn = self._fns.get(key)
-        if fn is None or weights != self._traced_weights:
-            with self._lock:
-                if weights != self._traced_weights:
-                    self._fns, self._traced_weights = {}, weights
-                    self.module = _Pass(self._owner())   # the model's tensors as they are now
-                fn = self._fns.get(key)
-                if fn is None:
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")   # torch.jit.trace's deprecation notice
-                            fn = torch.jit.trace(self.module, inputs, check_trace=False)
-                    except Exception as exc:  # noqa: BLE001 - an optimisation: the eager pass gives the same bits
-                        self.failed = f"{type(exc).__name__}: {exc}"
-                        warnings.warn(f"denoising passes stay eager: tracing failed ({self.failed})", RuntimeWarning,
-                                      stacklevel=3)
-                        return None
-                    self._fns[key] = fn
-                    self.traces += 1
-        with torch.jit.optimized_execution(False):   # the plain interpreter: the traced kernels exactly
-            out = fn(*inputs)
-        self.calls += 1
-        return out
-
-
-__all__ = ["TracedWrite", "TracedPass"]
+__all__ = ["TracedWrite"]

@@ -1,4 +1,4 @@
-"""mf.traced: the CPU cache write and steady denoising passes as traces (no GIL between kernels) give the eager bits."""
+"""mf.traced: the CPU cache write as traces (no GIL between kernels) gives the eager write's bits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mf.conditions import Conditions
-from mf.model import _TRACED_PASSES, _TRACED_WRITES, MFTransformer
+from mf.model import _TRACED_WRITES, MFTransformer
 from mf.pipeline import generate, warm_up
 
 
@@ -16,9 +16,6 @@ def _model_and_chunks(n_chunks: int, seed: int = 0):
     model = MFTransformer.from_preset("micro").eval()
     c = model.model_config
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():   # adaLN-Zero makes a fresh model's velocity exactly 0: give every weight a value
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
     cond = Conditions(torch.randn(1, c.video_channels, c.latent_size, c.latent_size, generator=g),
                       torch.randn(1, c.attr_dim, generator=g),
                       torch.randint(0, c.n_phonemes, (1, n_chunks * c.mels_per_chunk), generator=g),
@@ -70,17 +67,17 @@ def test_writes_with_gradients_or_a_filling_window_stay_eager():
     assert _TRACED_WRITES[model].calls == 0 and _TRACED_WRITES[model].traces == 0
 
 
-def test_streamed_chunks_are_the_same_with_and_without_traced_writes_and_passes(studio):
+def test_streamed_chunks_are_the_same_with_and_without_traced_writes(studio):
     window = studio.config.window_chunks
     runs = {}
     for traced in (False, True):
-        studio.model.traced_cache_write = studio.model.traced_denoise = traced
+        studio.model.traced_cache_write = traced
         try:
             runs[traced] = list(generate(studio, steps=2, seed=9, seconds=0.6))
         finally:
-            studio.model.traced_cache_write = studio.model.traced_denoise = True
+            studio.model.traced_cache_write = True
     assert len(runs[True]) > window + 2, "the stream must reach a full window"
-    assert _TRACED_WRITES[studio.model].calls > 0 and _TRACED_PASSES[studio.model].calls > 0
+    assert _TRACED_WRITES[studio.model].calls > 0
     for x, y in zip(runs[False], runs[True]):
         assert torch.equal(x.video_latents, y.video_latents) and torch.equal(x.audio_latents, y.audio_latents)
         assert np.array_equal(x.frames, y.frames) and np.array_equal(x.audio, y.audio)
@@ -88,11 +85,11 @@ def test_streamed_chunks_are_the_same_with_and_without_traced_writes_and_passes(
 
 def test_warm_up_makes_the_traces_so_a_users_stream_makes_none(studio):
     assert warm_up(studio) > 0
-    tw, tp = _TRACED_WRITES[studio.model], _TRACED_PASSES[studio.model]
-    made = (tw.traces, tp.traces)
-    assert min(made) > 0
+    tw = _TRACED_WRITES[studio.model]
+    made = tw.traces
+    assert made > 0
     list(generate(studio, steps=2, seed=3, seconds=0.6))
-    assert (tw.traces, tp.traces) == made
+    assert tw.traces == made
 
 
 def test_without_tracing_the_writes_stay_eager_and_give_the_same_keys(monkeypatch):
@@ -129,92 +126,3 @@ def test_a_trace_follows_weights_updated_in_place_and_is_remade_for_replaced_one
     for a, b in ((eager, traced), (eager2, traced2)):
         for (_, kvs_a), (_, kvs_b) in zip(a.chunks, b.chunks):
             assert all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(kvs_a, kvs_b))
-
-
-def _pass(model, cond, cache, k: int, traced: bool, seed: int = 5, batch: int = 1):
-    """The velocity of chunk k's pass over ``cache`` (eager or as one trace)."""
-    c = model.model_config
-    g = torch.Generator().manual_seed(seed)
-    video = torch.randn(batch, c.frames_per_chunk, c.video_channels, c.latent_size, c.latent_size, generator=g)
-    audio = torch.randn(batch, c.mels_per_chunk, c.n_mels, generator=g)
-    t = torch.full((batch, 1), 0.75)
-    model.traced_denoise = traced
-    try:
-        with torch.no_grad():
-            return model(video, audio, t, t / 3, cond.chunk_slice(k, 1, c.frames_per_chunk), kv_cache=cache)
-    finally:
-        model.traced_denoise = True
-
-
-def test_a_pass_over_a_full_written_window_runs_as_one_trace_with_the_eager_bits():
-    model, cond, chunks = _model_and_chunks(6, seed=4)
-    window = model.model_config.window_chunks
-    cache, _ = _fill(model, cond, chunks[:window - 1], traced=True)
-    _pass(model, cond, cache, window - 1, traced=True)            # the window is not full yet: eager
-    assert model not in _TRACED_PASSES
-    cache, _ = _fill(model, cond, chunks[:5], traced=True)
-    eager = _pass(model, cond, cache, 5, traced=False)
-    assert model not in _TRACED_PASSES
-    traced = _pass(model, cond, cache, 5, traced=True)
-    tp = _TRACED_PASSES[model]
-    assert (tp.traces, tp.calls) == (1, 1)
-    assert all(torch.equal(a, b) for a, b in zip(eager, traced))
-    again = _pass(model, cond, cache, 5, traced=True, seed=6)       # same shape: the same trace, new inputs
-    assert (tp.traces, tp.calls) == (1, 2)
-    assert all(torch.equal(a, b) for a, b in zip(_pass(model, cond, cache, 5, traced=False, seed=6), again))
-    assert not any(torch.equal(a, b) for a, b in zip(traced, again))
-
-
-def test_guided_passes_get_their_own_trace_and_the_eager_bits():
-    model, cond, chunks = _model_and_chunks(6, seed=7)
-    c = model.model_config
-    cond2 = cond.repeat_for_cfg()
-    cache = model.new_cache(cond2.chunk_slice(0, 1, c.frames_per_chunk))
-    with torch.no_grad():
-        for k, (v, a) in enumerate(chunks[:5]):
-            model.write_cache(v.repeat(2, 1, 1, 1, 1), a.repeat(2, 1, 1), cond2.chunk_slice(k, 1, c.frames_per_chunk),
-                              cache)
-    eager = _pass(model, cond2, cache, 5, traced=False, batch=2)
-    traced = _pass(model, cond2, cache, 5, traced=True, batch=2)
-    assert _TRACED_PASSES[model].calls == 1
-    assert all(torch.equal(a, b) for a, b in zip(eager, traced))
-
-
-def test_passes_with_gradients_a_view_being_written_or_bad_inputs_stay_eager():
-    model, cond, chunks = _model_and_chunks(7, seed=8)
-    c = model.model_config
-    cache, _ = _fill(model, cond, chunks[:5], traced=True)
-    video = torch.randn(1, c.frames_per_chunk, c.video_channels, c.latent_size, c.latent_size)
-    audio = torch.randn(1, c.mels_per_chunk, c.n_mels)
-    here = cond.chunk_slice(5, 1, c.frames_per_chunk)
-    model(video, audio, 0.5, 0.0, here, kv_cache=cache)[0].sum().backward()   # training: eager, differentiable
-    assert model not in _TRACED_PASSES
-    view = cache.incoming(5, c.tokens_per_chunk)
-    for li, kv in enumerate(cache.chunks[-1][1]):   # any keys: the view's layers are all there
-        view.publish(li, kv)
-    with torch.no_grad():
-        model(video, audio, 0.5, 0.0, cond.chunk_slice(6, 1, c.frames_per_chunk), kv_cache=view)
-        assert model not in _TRACED_PASSES                          # a view: its layers arrive one by one
-        with pytest.raises(ValueError, match="audio must be"):
-            model(video, audio[:, :-1], 0.5, 0.0, here, kv_cache=cache)
-        bad = cond.chunk_slice(5, 1, c.frames_per_chunk)
-        bad.phone_ids[0, 0] = c.n_phonemes
-        with pytest.raises(ValueError, match="phone_ids must lie"):
-            model(video, audio, 0.5, 0.0, bad, kv_cache=cache)
-    assert model not in _TRACED_PASSES or not _TRACED_PASSES[model].failed
-
-
-def test_a_pass_trace_follows_weights_updated_in_place_and_is_remade_for_replaced_ones():
-    model, cond, chunks = _model_and_chunks(6, seed=9)
-    cache, _ = _fill(model, cond, chunks[:5], traced=False)
-    _pass(model, cond, cache, 5, traced=True)
-    tp = _TRACED_PASSES[model]
-    with torch.no_grad():
-        model.video_out.weight.add_(0.5)                              # an optimiser step: same tensor
-    assert all(torch.equal(a, b) for a, b in zip(_pass(model, cond, cache, 5, traced=False),
-                                                  _pass(model, cond, cache, 5, traced=True)))
-    assert tp.traces == 1
-    model.audio_out.weight = torch.nn.Parameter(model.audio_out.weight.detach() * 2.0)   # a new tensor
-    eager, traced = _pass(model, cond, cache, 5, traced=False), _pass(model, cond, cache, 5, traced=True)
-    assert tp.traces == 2
-    assert all(torch.equal(a, b) for a, b in zip(eager, traced))
