@@ -199,10 +199,10 @@ def reference_frame(character_id: int, size: int, seed: int = 0) -> tuple[np.nda
     The first frame of a corpus clip of that character (clips open in silence, so the mouth is at
     rest); training conditions on the first frame of each training clip the same way.
     """
-    from mf.data import render_clip
+    from mf.data import render_frames
 
-    clip = render_clip(int(seed), 1.0 / FPS, character_id=int(character_id), size=size)
-    return clip.frames[0], clip.character.attributes().astype(np.float32)
+    frames, char = render_frames(int(seed), 1.0 / FPS, character_id=int(character_id), size=size)   # no voice
+    return frames[0], char.attributes().astype(np.float32)
 
 
 def build_conditions(studio: Studio, *, seed: int, n_chunks: int, text: str | None,

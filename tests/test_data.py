@@ -12,6 +12,7 @@ from mf.data import (
     character,
     phone_ids,
     render_clip,
+    render_frames,
     text_to_phones,
 )
 
@@ -21,6 +22,15 @@ def test_same_seed_gives_bitwise_identical_clip():
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
     assert a.frames.shape == (25, 64, 64, 3) and a.frames.dtype == np.uint8
     assert a.audio.shape == (25 * SAMPLES_PER_FRAME,) and a.audio.dtype == np.float32
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=3, seconds=1 / FPS), dict(seed=8, seconds=0.6, text="hello there"),
+                                    dict(seed=11, seconds=0.4, character_id=42, size=48)])
+def test_frames_without_the_voice_are_the_clips_frames_bit_for_bit(kwargs):
+    clip = render_clip(**kwargs)
+    frames, char = render_frames(**kwargs)
+    assert frames.dtype == np.uint8 and np.array_equal(frames, clip.frames)
+    assert np.array_equal(char.attributes(), clip.character.attributes())
 
 
 def test_different_seeds_give_different_characters():
