@@ -70,15 +70,15 @@ def _gallery_characters():
     """Thumbnails and captions of the first corpus characters, or ([], reason) if mf.data is absent."""
     try:
         from mf.constants import HELDOUT_SEED_START
-        from mf.data import character, render_clip
+        from mf.data import character, render_frames
     except Exception as exc:  # noqa: BLE001 - shown as a note; generation with "random" still works
         return [], [], f"character gallery unavailable ({type(exc).__name__}: {exc})"
     items, choices = [], []
     try:
         for cid in range(N_GALLERY_CHARACTERS):
             desc = character(cid).describe()
-            clip = render_clip(HELDOUT_SEED_START + cid, 0.4, character_id=cid)
-            frame = np.asarray(clip.frames[len(clip.frames) // 2])
+            frames, _ = render_frames(HELDOUT_SEED_START + cid, 0.4, character_id=cid)   # no voice: start-up time
+            frame = np.asarray(frames[len(frames) // 2])
             items.append((np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1), f"#{cid} {desc}"))
             choices.append((f"#{cid} · {desc}", str(cid)))
     except Exception as exc:  # noqa: BLE001
