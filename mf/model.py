@@ -291,17 +291,22 @@ class MFTransformer(ModelMixin, ConfigMixin):
         """t, d [B, S] -> [B, S, D]."""
         return self.t_embed(t) + self.d_embed(d) + self.attr_embed(attributes)[:, None, :]
 
-    def _phone_features(self, cond: Conditions, n_seg: int):
-        """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
+    def _check_phone_ids(self, ids: torch.Tensor, n_seg: int) -> None:
         config = self.model_config
-        b = cond.batch_size
-        ids = cond.phone_ids
         if ids.shape[1] != n_seg * config.mels_per_chunk:
             raise ValueError(f"phone_ids cover {ids.shape[1]} mel frames, "
                              f"the chunks need {n_seg * config.mels_per_chunk}")
         if ids.numel() and not _capturing() and (int(ids.min()) < 0 or int(ids.max()) >= config.n_phonemes):
             raise ValueError(f"phone_ids must lie in [0, {config.n_phonemes}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")
+
+    def _phone_features(self, cond: Conditions, n_seg: int):
+        """Phoneme embeddings for the given segments: video [B, S, Fc, D] (per frame), audio [B, S, At, D]."""
+        config = self.model_config
+        b = cond.batch_size
+        ids = cond.phone_ids
+        if not torch.jit.is_tracing():   # a traced write checks them before it runs (write_cache)
+            self._check_phone_ids(ids, n_seg)
         dropped = cond.text_dropped.view(b, 1, 1, 1)
         v = self.video_phone(ids).view(b, n_seg, config.frames_per_chunk, MELS_PER_FRAME, -1).mean(3)
         a = self.audio_phone(ids).view(b, n_seg, config.audio_tokens_per_chunk, config.mels_per_audio_token, -1).mean(3)
@@ -384,10 +389,6 @@ class MFTransformer(ModelMixin, ConfigMixin):
         if mask is None and ctx is not None:
             mask = self._visibility(layout, ctx_chunk, ctx_key)
         rope = tuple(table.to(xv.dtype) for table in (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp))
-        if plan is WRITE and self.traced_cache_write:
-            traced = self._traced_write()
-            if traced.applies(xv, xa, ctx, mask) and traced.ready(xv, xa, mod_v, mod_a, rope, ctx):
-                return xv, xa, traced.run(xv, xa, mod_v, mod_a, rope, ctx, on_layer)
         kvs = []
         for li, block in enumerate(self.blocks):
             last = li == len(self.blocks) - 1
@@ -403,7 +404,7 @@ class MFTransformer(ModelMixin, ConfigMixin):
             traced = _TRACED_WRITES.get(self)
             if traced is None:
                 config = self.model_config
-                traced = _TRACED_WRITES[self] = TracedWrite(self.blocks, config.window_chunks * config.tokens_per_chunk)
+                traced = _TRACED_WRITES[self] = TracedWrite(self, config.window_chunks * config.tokens_per_chunk)
         return traced
 
     def _split_kvs(self, kvs, layout: Layout, seg: int):
@@ -511,6 +512,11 @@ class MFTransformer(ModelMixin, ConfigMixin):
 
         ``on_layer(li, (k, v))``: each layer's keys/values as soon as they exist (``KVCache.incoming``'s
         ``publish``: a pass in another thread reads them before the whole write is done)."""
+        if self.traced_cache_write:
+            kvs = self._traced_write_pass(video, audio, cond, cache, on_layer)
+            if kvs is not None:
+                cache.append(cache.next_chunk, kvs)
+                return cache
         xv, xa = self._embed_chunks(video, audio, cond)
         b, s = xv.shape[:2]
         if s != 1:
@@ -524,6 +530,39 @@ class MFTransformer(ModelMixin, ConfigMixin):
                                      plan=WRITE, mask=mask, on_layer=on_layer)
         cache.append(index, [(k.detach(), v.detach()) for k, v in kvs])
         return cache
+
+    def _write_head(self, video, audio, cond: Conditions):
+        """``write_cache``'s arithmetic before the blocks, for one chunk of both modalities: its tokens and the
+        t = d = 0 modulations (xv, xa, mod_v, mod_a); what ``mf.traced`` traces as the write's head."""
+        xv, xa = self._embed_chunks(video, audio, cond)
+        b, s, _, d = xv.shape
+        zero = xv.new_zeros(b, 1)
+        emb = self._cond_embed(zero, zero, cond.attributes)
+        return xv, xa, self.video_mod(emb).view(b, s, 6, d), self.audio_mod(emb).view(b, s, 6, d)
+
+    def _traced_write_pass(self, video, audio, cond: Conditions, cache, on_layer):
+        """The keys/values of ``write_cache`` run as traces (``mf.traced.TracedWrite``: the same bits, no Python
+        between kernels) when the write has the shape of steady CPU streaming: one chunk of both modalities,
+        a rolling ``KVCache`` holding a full window, every key visible. None otherwise (the caller writes eagerly, and
+        reports a wrong input)."""
+        config = self.model_config
+        if (type(cache) is not KVCache or video is None or audio is None or video.dtype != torch.float32
+                or video.shape[1:] != (config.frames_per_chunk, config.video_channels, config.latent_size,
+                                       config.latent_size)
+                or audio.shape != (video.shape[0], config.mels_per_chunk, config.n_mels)
+                or cond.batch_size != video.shape[0] or cache.prefix[0][0].shape[0] != video.shape[0]):
+            return None
+        traced = self._traced_write()
+        n_prefix = cache.context_key[0]
+        if not traced.applies(video, n_prefix, cache.context_chunk_ids.numel() - n_prefix):
+            return None
+        layout, mask = self._cache_pass(cache, [cache.next_chunk], [GROUP_HISTORY], video.device)
+        if mask is not None or self._visibility(layout, cache.context_chunk_ids, cache.context_key) is not None:
+            return None
+        self._check_phone_ids(cond.phone_ids, 1)
+        ctx = [cache.context(i) for i in range(len(self.blocks))]
+        rope = (layout.cos, layout.sin, layout.cos_sp, layout.sin_sp)
+        return traced.write(video, audio, cond, rope, ctx, n_prefix, on_layer)
 
     def forward_teacher_forcing(self, noisy_video, noisy_audio, clean_video, clean_audio, t, d, cond: Conditions):
         """Training pass over [prefix; clean chunks 0..K-1; noisy chunks 0..K-1] in one forward.

@@ -6,29 +6,36 @@ k+1's first pass (``mf.sampler.sample_chunk(write_beside=...)``); run eagerly, t
 GIL back and forth at every kernel and that first pass costs 0.4-0.5 of a pass extra although it never
 waits for the write's keys. Traced, each piece of the write is one call that runs its kernels in C++
 with the GIL released, so the write no longer competes with the pass for the GIL: that pass's extra fell
-to 0.33 of a pass (about 3 ms less, in three ``eval.bench --variants default eager_write`` runs). What is
-left: about 3 ms of the pass's own per-chunk work (there even beside a writer that computes nothing) and
-the GIL turns the pass still takes with the write's eager set-up and cache append, around these traces
-(a profile: 12.7 ms between kernels in that pass against 6.0 serial; docs/ARCHITECTURE.md).
+to 0.33 of a pass (about 3 ms less, in three ``eval.bench --variants default eager_write`` runs). The write's
+set-up (the chunk's embedding and the t = d = 0 modulations, about 35 small ops) stayed eager and still took
+GIL turns from that pass; traced too, as the write's head, it took that pass from 9.67 to 9.16 ms (medians of
+10 paired streams on a 2-core AVX512 box, against the write with an eager head; wall minus the sampler's CPU
+time 1.10 -> 0.71 ms). What is left: the pass's own per-chunk work (its view's concatenations, the new
+chunk's set-up; about 1.1 ms beside a writer that publishes ready keys at once) and the write's cache append.
 
-What is traced: per block, two pieces of ``mf.layers.Block`` (``_Keys``: adaLN, qkv and the keys'
-rotation; ``_Rest``: the queries' rotation, attention over the context, residual and MLP), so the keys
-of layer l are still published (``on_layer``) before layer l's attention, as in the eager write. Same
-kernels in the same order: the same bits as the eager write (tests/test_traced.py). Traces are made
-for the steady shape only (a full window of history; one set per batch size), the first time it is met,
-under ``torch.no_grad``, and run on the plain interpreter; everything else (the window's filling,
-training, autocast, masks) writes eagerly (``applies``), and so does a model whose tracing failed (a
-``RuntimeWarning`` says why once; ``failed``).
+What is traced: the head (``MFTransformer._write_head``) and, per block, two pieces of ``mf.layers.Block``
+(``_Keys``: adaLN, qkv and the keys' rotation; ``_Rest``: the queries' rotation, attention over the context,
+residual and MLP), so the keys of layer l are still published (``on_layer``) before layer l's attention, as
+in the eager write. Same kernels in the same order: the same bits as the eager write (tests/test_traced.py,
+tests/test_determinism.py's long streams). Traces are made for the steady shape only (one chunk over a full
+window of history; one set per batch size), the first time it is met, under ``torch.no_grad``, and run on the
+plain interpreter; everything else (the window's filling, training, autocast, masks, static caches) writes
+eagerly (``MFTransformer._traced_write_pass``, ``applies``), and so does a model whose tracing failed (a
+``RuntimeWarning`` says why once; ``failed``). The inputs are checked (phoneme ids, shapes) before a trace
+runs. A trace reads the model's parameters as attributes, so in-place updates reach it; a parameter, buffer
+or module replaced by another is noticed through torch's global registration hooks and traced again.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 
 import torch
 import torch.nn as nn
 
+from mf.conditions import Conditions
 from mf.layers import apply_rope, attend
 
 
@@ -57,102 +64,133 @@ class _Rest(nn.Module):
         return self.block.finish(xv, xa, out, mod_v, mod_a)
 
 
-def _shapes(tensors) -> tuple:
-    return tuple((tuple(t.shape), t.dtype) for t in tensors)
+_REGISTRATIONS = [0]   # bumped whenever any module registers a parameter, buffer or submodule (a weight replaced)
+
+
+def _registered(*args) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+for _hook in (torch.nn.modules.module.register_module_parameter_registration_hook,
+              torch.nn.modules.module.register_module_buffer_registration_hook,
+              torch.nn.modules.module.register_module_module_registration_hook):
+    _hook(_registered)
+
+
+class _Head(nn.Module):
+    """The write before its blocks (``MFTransformer._write_head``: the chunk's tokens and the t = d = 0
+    modulations) as a module whose parameters and buffers are the model's own tensors (so a trace reads them
+    as attributes and follows in-place updates), without holding the model (its owner keeps it weakly)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._owner = weakref.ref(model)
+        for i, p in enumerate(model.parameters()):
+            self.register_parameter(f"p{i}", p)
+        for i, b in enumerate(model.buffers()):
+            self.register_buffer(f"b{i}", b, persistent=False)
+
+    def forward(self, video, audio, ref_latent, attributes, phone_ids, text_dropped):
+        return self._owner()._write_head(video, audio, Conditions(ref_latent, attributes, phone_ids, text_dropped))
 
 
 class TracedWrite:
-    """``MFTransformer.write_cache``'s blocks as TorchScript traces (one ``MFTransformer`` owns one).
+    """``MFTransformer.write_cache`` of the steady shape as TorchScript traces (one ``MFTransformer`` owns one).
 
-    ``run`` has ``_run_blocks``' contract for the WRITE plan: it returns the keys/values of every layer
-    and calls ``on_layer(li, (k, v))`` as soon as layer li's exist. ``traces`` counts traces made,
-    ``calls`` writes run traced.
+    ``write`` returns the keys/values of every layer and calls ``on_layer(li, (k, v))`` as soon as layer li's
+    exist. ``traces`` counts trace sets made (the head and every block's pieces, per shape), ``calls`` writes
+    run traced.
     """
 
-    def __init__(self, blocks: nn.ModuleList, history_keys: int):
-        self.blocks = blocks
+    def __init__(self, model: nn.Module, history_keys: int):
+        self._owner = weakref.ref(model)
+        self.blocks = model.blocks
         self.history_keys = int(history_keys)   # keys of a full window: the one shape of steady streaming
-        self._keys = [_Keys(block) for block in blocks]
-        self._rest = [_Rest(block) for block in blocks]
-        self._fns: dict = {}
+        self._keys = [_Keys(block) for block in self.blocks]
+        self._rest = [_Rest(block) for block in self.blocks]
+        self._sets: dict = {}   # input shapes -> (head trace, [(keys trace, rest trace) per block])
         self._lock = threading.Lock()
         self.traces = self.calls = 0
         self.failed = ""   # why tracing is unavailable, once it failed
         self._traced_weights: tuple = ()
+        self._params: list | None = None
+        self._registrations = -1
 
-    def applies(self, xv, xa, ctx, mask) -> bool:
-        """Whether a write pass runs traced: CPU inference without autocast, both towers with tokens, no
-        attention mask, and every layer's context a tensor tuple holding a full window of history (the
-        shape of every write once the window has filled: a handful of traces, made once, instead of one
-        per filling step)."""
-        return (xv.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and xv.shape[2] > 0 and xa.shape[2] > 0 and mask is None and ctx is not None
-                and all(isinstance(c, tuple) and c[2] is not None and c[2].shape[2] == self.history_keys
-                        for c in ctx))
-
-    def _key(self, kind: str, li: int, tensors) -> tuple:
-        return (kind, li) + _shapes(tensors)
-
-    def _trace_all(self, xv, xa, mod_v, mod_a, cos, sin, cos_sp, sin_sp, ctx) -> bool:
-        """Trace every piece for these shapes (once; the caller holds the lock). False when tracing is
-        not available (e.g. a torch without ``torch.jit.trace``): the model then writes eagerly."""
-        try:
-            made = {}   # published all at once: a reader that sees layer 0 traced finds every piece
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # torch.jit.trace's deprecation notice
-                last = len(self.blocks) - 1
-                for li in range(len(self.blocks)):
-                    args = (xv, xa, mod_v, mod_a, cos, sin)
-                    fn = made[self._key("keys", li, args)] = torch.jit.trace(self._keys[li], args, check_trace=False)
-                    q, k, v, mv, ma = fn(*args)
-                    if li == last:
-                        break
-                    rest = (xv, xa, q, k, v, mv, ma, cos, sin, cos_sp, sin_sp) + tuple(ctx[li])
-                    fn = made[self._key("rest", li, rest)] = torch.jit.trace(self._rest[li], rest, check_trace=False)
-                    xv, xa = fn(*rest)
-            self._fns.update(made)
-            self.traces += len(made)
-            return True
-        except Exception as exc:  # noqa: BLE001 - an optimisation: the eager write gives the same bits
-            self.failed = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"cache writes stay eager: tracing failed ({self.failed})", RuntimeWarning, stacklevel=2)
-            return False
+    def applies(self, video, n_prefix: int, n_history: int) -> bool:
+        """Whether a write can run traced (the model has checked the shapes): CPU inference without autocast,
+        over a context of the prefix and a full window of history (the shape of every write once the window
+        has filled: one set of traces per batch size, instead of one per filling step)."""
+        return (video.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and n_history == self.history_keys and n_prefix > 0)
 
     def _weights(self) -> tuple:
-        """Where the blocks' weights live: a trace reads its module's parameters as they are updated in place
-        (an optimiser step, ``load_state_dict``), but a parameter replaced by another tensor needs a new trace."""
-        return tuple(p.data_ptr() for p in self.blocks.parameters())
+        """Where the model's weights live: a trace reads its parameters as they are updated in place (an
+        optimiser step, ``load_state_dict``), but a parameter or module replaced by another needs a new trace.
+        The parameter list is gathered again only after a module registered something (a global hook)."""
+        if self._params is None or self._registrations != _REGISTRATIONS[0]:
+            self._registrations = _REGISTRATIONS[0]
+            self._params = list(self._owner().parameters())
+        return tuple(p.data_ptr() for p in self._params)
 
-    def ready(self, xv, xa, mod_v, mod_a, rope: tuple, ctx) -> bool:
-        """Whether this write's pieces are traced (tracing them now if they are not)."""
-        if self.failed:
-            return False
-        key, weights = self._key("keys", 0, (xv, xa, mod_v, mod_a) + tuple(rope[:2])), self._weights()
-        if key in self._fns and weights == self._traced_weights:
-            return True
-        with self._lock:
-            if weights != self._traced_weights:
-                self._fns, self._traced_weights = {}, weights
-            if key in self._fns:
-                return True
-            return self._trace_all(xv, xa, mod_v, mod_a, *rope, ctx)
-
-    def run(self, xv, xa, mod_v, mod_a, rope: tuple, ctx, on_layer=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The write's keys/values per layer (after ``ready`` said True)."""
+    def _trace_all(self, inputs: tuple, rope: tuple, ctx) -> tuple | None:
+        """Trace the head and both pieces of every block for these shapes (the caller holds the lock). None
+        when tracing is not available (e.g. a torch without ``torch.jit.trace``): the model then writes eagerly."""
         cos, sin, cos_sp, sin_sp = rope
-        kvs, last = [], len(self.blocks) - 1
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # torch.jit.trace's deprecation notice
+                head = torch.jit.trace(_Head(self._owner()), inputs, check_trace=False)
+                xv, xa, mod_v, mod_a = head(*inputs)
+                pieces, last = [], len(self.blocks) - 1
+                for li in range(len(self.blocks)):
+                    args = (xv, xa, mod_v, mod_a, cos, sin)
+                    keys = torch.jit.trace(self._keys[li], args, check_trace=False)
+                    q, k, v, mv, ma = keys(*args)
+                    rest = None
+                    if li < last:   # the last block stops after its keys
+                        rest_args = (xv, xa, q, k, v, mv, ma, cos, sin, cos_sp, sin_sp) + tuple(ctx[li])
+                        rest = torch.jit.trace(self._rest[li], rest_args, check_trace=False)
+                        xv, xa = rest(*rest_args)
+                    pieces.append((keys, rest))
+            self.traces += 1
+            return head, pieces
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the eager write gives the same bits
+            self.failed = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"cache writes stay eager: tracing failed ({self.failed})", RuntimeWarning, stacklevel=3)
+            return None
+
+    def write(self, video, audio, cond: Conditions, rope: tuple, ctx: list, n_prefix: int,
+              on_layer=None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The write's keys/values per layer, traced (tracing this shape first if needed); None when tracing
+        failed (the caller writes eagerly)."""
+        if self.failed:
+            return None
+        inputs = (video, audio, cond.ref_latent, cond.attributes, cond.phone_ids, cond.text_dropped)
+        signature, weights = (tuple(tuple(t.shape) for t in inputs), video.dtype, int(n_prefix)), self._weights()
+        fns = self._sets.get(signature) if weights == self._traced_weights else None
+        if fns is None:
+            with self._lock:
+                if weights != self._traced_weights:
+                    self._sets, self._traced_weights = {}, weights
+                fns = self._sets.get(signature)
+                if fns is None:
+                    fns = self._trace_all(inputs, rope, ctx)
+                    if fns is None:
+                        return None
+                    self._sets[signature] = fns
+        head, pieces = fns
+        cos, sin, cos_sp, sin_sp = rope
+        kvs = []
         # the plain interpreter: the traced kernels exactly, no profiling runs or re-optimisation later on
         with torch.jit.optimized_execution(False):
-            for li in range(len(self.blocks)):
-                args = (xv, xa, mod_v, mod_a, cos, sin)
-                q, k, v, mv, ma = self._fns[self._key("keys", li, args)](*args)
+            xv, xa, mod_v, mod_a = head(*inputs)
+            for li, (keys, rest) in enumerate(pieces):
+                q, k, v, mv, ma = keys(xv, xa, mod_v, mod_a, cos, sin)
                 if on_layer is not None:
                     on_layer(li, (k, v))
                 kvs.append((k, v))
-                if li == last:   # the WRITE plan: the last block stops after its keys
-                    break
-                rest = (xv, xa, q, k, v, mv, ma, cos, sin, cos_sp, sin_sp) + tuple(ctx[li])
-                xv, xa = self._fns[self._key("rest", li, rest)](*rest)
+                if rest is not None:
+                    xv, xa = rest(xv, xa, q, k, v, mv, ma, cos, sin, cos_sp, sin_sp, *ctx[li])
         self.calls += 1
         return kvs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,29 @@ def test_a_trace_follows_weights_updated_in_place_and_is_remade_for_replaced_one
     eager2, _ = _fill(model, cond, chunks, traced=False)
     traced2, _ = _fill(model, cond, chunks, traced=True)
     assert tw.traces == 2 * made
-    for a, b in ((eager, traced), (eager2, traced2)):
+    model.video_in = torch.nn.Linear(model.video_in.in_features, model.video_in.out_features)   # the head's module
+    eager3, _ = _fill(model, cond, chunks, traced=False)
+    traced3, _ = _fill(model, cond, chunks, traced=True)
+    assert tw.traces == 3 * made
+    for a, b in ((eager, traced), (eager2, traced2), (eager3, traced3)):
         for (_, kvs_a), (_, kvs_b) in zip(a.chunks, b.chunks):
             assert all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(kvs_a, kvs_b))
+
+
+def test_a_traced_write_checks_its_inputs_first_and_stays_available():
+    model, cond, chunks = _model_and_chunks(6, seed=4)
+    c = model.model_config
+    cache, _ = _fill(model, cond, chunks[:5], traced=True)
+    tw = _TRACED_WRITES[model]
+    bad = cond.chunk_slice(5, 1, c.frames_per_chunk)
+    bad = dataclasses.replace(bad, phone_ids=bad.phone_ids.clone())   # a slice is a view of the script
+    bad.phone_ids[0, 0] = c.n_phonemes
+    with torch.no_grad(), pytest.raises(ValueError, match="phone_ids must lie"):
+        model.write_cache(*chunks[5], bad, cache)
+    with torch.no_grad(), pytest.raises(ValueError, match="audio must be"):
+        model.write_cache(chunks[5][0], chunks[5][1][:, :-1], cond.chunk_slice(5, 1, c.frames_per_chunk), cache)
+    assert not tw.failed and cache.next_chunk == 5
+    calls = tw.calls
+    with torch.no_grad():
+        model.write_cache(*chunks[5], cond.chunk_slice(5, 1, c.frames_per_chunk), cache)
+    assert tw.calls == calls + 1 and cache.next_chunk == 6
