@@ -71,10 +71,12 @@ def _registered(*args) -> None:
     _REGISTRATIONS[0] += 1
 
 
-for _hook in (torch.nn.modules.module.register_module_parameter_registration_hook,
-              torch.nn.modules.module.register_module_buffer_registration_hook,
-              torch.nn.modules.module.register_module_module_registration_hook):
-    _hook(_registered)
+_HOOKS = [getattr(torch.nn.modules.module, f"register_module_{kind}_registration_hook", None)
+          for kind in ("parameter", "buffer", "module")]
+_HOOKED = all(hook is not None for hook in _HOOKS)   # else every write gathers the parameters again
+if _HOOKED:
+    for _hook in _HOOKS:
+        _hook(_registered)
 
 
 class _Head(nn.Module):
@@ -127,7 +129,7 @@ class TracedWrite:
         """Where the model's weights live: a trace reads its parameters as they are updated in place (an
         optimiser step, ``load_state_dict``), but a parameter or module replaced by another needs a new trace.
         The parameter list is gathered again only after a module registered something (a global hook)."""
-        if self._params is None or self._registrations != _REGISTRATIONS[0]:
+        if self._params is None or self._registrations != _REGISTRATIONS[0] or not _HOOKED:
             self._registrations = _REGISTRATIONS[0]
             self._params = list(self._owner().parameters())
         return tuple(p.data_ptr() for p in self._params)
