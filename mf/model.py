@@ -179,12 +179,22 @@ class MFTransformer(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ token layout
     def _rope_tables(self, time_pos: torch.Tensor, yx: torch.Tensor):
         """Angles -> interleaved cos/sin [N, hd] with and without the time rotation."""
-        ang_t = time_pos[:, None] * self.time_freqs
+        ang_y, ang_x, cos_sp, sin_sp = self._space_tables(yx)
+        return (*self._time_tables(time_pos, ang_y, ang_x), cos_sp, sin_sp)
+
+    def _space_tables(self, yx: torch.Tensor):
+        """Positions yx [N, 2] -> their spatial angles and the space-only cos/sin [N, hd] (time rotation zero)."""
         ang_y = yx[:, 0:1] * self.space_freqs
         ang_x = yx[:, 1:2] * self.space_freqs
+        zero_t = yx.new_zeros(yx.shape[0], self.time_freqs.numel())
+        space = torch.cat([zero_t, ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
+        return ang_y, ang_x, space.cos(), space.sin()
+
+    def _time_tables(self, time_pos: torch.Tensor, ang_y: torch.Tensor, ang_x: torch.Tensor):
+        """Times [N] and spatial angles -> the full (time + space) cos/sin [N, hd]."""
+        ang_t = time_pos[:, None] * self.time_freqs
         full = torch.cat([ang_t, ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
-        space = torch.cat([torch.zeros_like(ang_t), ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
-        return full.cos(), full.sin(), space.cos(), space.sin()
+        return full.cos(), full.sin()
 
     def _layout(self, chunks: list[int], groups: list[int], device, with_video: bool = True,
                 with_audio: bool = True) -> Layout:
@@ -223,30 +233,23 @@ class MFTransformer(ModelMixin, ConfigMixin):
         frame = (chunk_t[:, None] * fc + torch.arange(fc, device=device)).repeat_interleave(tpf, dim=1)
         mel = chunk_t[:, None] * config.mels_per_chunk + torch.arange(at, device=device) * config.mels_per_audio_token
         a_time = mel / MELS_PER_FRAME
-        time_pos = torch.cat([frame.reshape(-1), a_time.reshape(-1)])
-        ang_t = time_pos[:, None] * self.time_freqs
-        full = torch.cat([ang_t, ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
+        cos, sin = self._time_tables(torch.cat([frame.reshape(-1), a_time.reshape(-1)]), ang_y, ang_x)
         ch = torch.tensor(chunks, dtype=torch.long, device=device)
         gr = torch.tensor(groups, dtype=torch.long, device=device)
-        return Layout(chunks, groups, full.cos(), full.sin(), cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
+        return Layout(chunks, groups, cos, sin, cos_sp, sin_sp, ch[token_seg], gr[token_seg], token_seg)
 
     def _layout_static(self, n_chunks: int, fc: int, at: int, device) -> tuple:
         """The position-free part of ``_make_layout`` for ``n_chunks`` segments: the spatial angles, the
-        space-only rotary tables (``_rope_tables``' ops) and each token's segment."""
+        space-only rotary tables (``_space_tables``) and each token's segment."""
         config = self.model_config
         grid = config.latent_size // config.patch_size
         rows = torch.arange(grid, device=device).repeat_interleave(grid).float()
         cols = torch.arange(grid, device=device).repeat(grid).float()
         v_yx = torch.stack([rows, cols], dim=-1).repeat(fc * n_chunks, 1)
         a_yx = torch.full((n_chunks * at, 2), (grid - 1) / 2.0, device=device)
-        yx = torch.cat([v_yx, a_yx])
-        ang_y = yx[:, 0:1] * self.space_freqs
-        ang_x = yx[:, 1:2] * self.space_freqs
-        n_time = self.time_freqs.numel()
-        space = torch.cat([yx.new_zeros(yx.shape[0], n_time), ang_y, ang_x], dim=-1).repeat_interleave(2, dim=-1)
         seg = torch.arange(n_chunks, device=device)
         token_seg = torch.cat([seg.repeat_interleave(fc * config.tokens_per_frame), seg.repeat_interleave(at)])
-        return ang_y, ang_x, space.cos(), space.sin(), token_seg
+        return (*self._space_tables(torch.cat([v_yx, a_yx])), token_seg)
 
     def _cache_pass(self, cache, chunks: list[int], groups: list[int], device, with_video: bool = True,
                     with_audio: bool = True) -> tuple[Layout, torch.Tensor | None]:
@@ -556,8 +559,8 @@ class MFTransformer(ModelMixin, ConfigMixin):
         n_prefix = cache.context_key[0]
         if not traced.applies(video, n_prefix, cache.context_chunk_ids.numel() - n_prefix):
             return None
-        layout, mask = self._cache_pass(cache, [cache.next_chunk], [GROUP_HISTORY], video.device)
-        if mask is not None or self._visibility(layout, cache.context_chunk_ids, cache.context_key) is not None:
+        layout = self._layout([cache.next_chunk], [GROUP_HISTORY], video.device)   # a rolling cache: no mask buffer
+        if self._visibility(layout, cache.context_chunk_ids, cache.context_key) is not None:
             return None
         self._check_phone_ids(cond.phone_ids, 1)
         ctx = [cache.context(i) for i in range(len(self.blocks))]
